@@ -1,0 +1,1 @@
+"""ppcls: a small PaddleClas-style framework for training and deploying MnasNet."""

@@ -1,0 +1,226 @@
+"""MnasNet (Tan et al., "MnasNet: Platform-Aware Neural Architecture Search for Mobile",
+arXiv 1807.11626): the B1, A1 (squeeze-and-excitation) and small networks at any width.
+
+Every variant is one stage table plus a width multiplier. The topology matches torchvision's
+`MNASNet` (B1, version 2 stem that scales with width) and timm's `mnasnet_*` / `semnasnet_*` /
+`mnasnet_small` exactly when `stem_relu=False`, so their weights convert one-to-one
+(see `ppcls/arch/weight_converter.py`). `stem_relu=True` (the default) adds the Paddle
+reproduction's extra ReLU after the first block's 1x1 projection BatchNorm.
+"""
+
+import math
+from collections import namedtuple
+
+import paddle
+import paddle.nn as nn
+
+from ppcls.arch.registry import register_model
+
+# One row per stage. block: "ds" = depthwise separable (dw -> [SE] -> pw-linear),
+# "ir" = inverted residual (pw-expand -> dw -> [SE] -> pw-linear). se: SE ratio relative to
+# the block's input channels (0 = no SE). skip: whether an identity shortcut is allowed
+# (it is used only when stride is 1 and channels are unchanged).
+Stage = namedtuple("Stage", "block repeats kernel stride expand channels se skip")
+
+# fmt: off
+ARCHITECTURES = {
+    "B1": dict(stem=32, head=1280, stages=[
+        Stage("ds", 1, 3, 1, 1, 16, 0, False),
+        Stage("ir", 3, 3, 2, 3, 24, 0, True),
+        Stage("ir", 3, 5, 2, 3, 40, 0, True),
+        Stage("ir", 3, 5, 2, 6, 80, 0, True),
+        Stage("ir", 2, 3, 1, 6, 96, 0, True),
+        Stage("ir", 4, 5, 2, 6, 192, 0, True),
+        Stage("ir", 1, 3, 1, 6, 320, 0, True),
+    ]),
+    "A1": dict(stem=32, head=1280, stages=[
+        Stage("ds", 1, 3, 1, 1, 16, 0, False),
+        Stage("ir", 2, 3, 2, 6, 24, 0, True),
+        Stage("ir", 3, 5, 2, 3, 40, 0.25, True),
+        Stage("ir", 4, 3, 2, 6, 80, 0, True),
+        Stage("ir", 2, 3, 1, 6, 112, 0.25, True),
+        Stage("ir", 3, 5, 2, 6, 160, 0.25, True),
+        Stage("ir", 1, 3, 1, 6, 320, 0, True),
+    ]),
+    "small": dict(stem=8, head=1280, stages=[
+        Stage("ds", 1, 3, 1, 1, 8, 0, True),
+        Stage("ir", 1, 3, 2, 3, 16, 0, True),
+        Stage("ir", 2, 3, 2, 6, 16, 0, True),
+        Stage("ir", 4, 5, 2, 6, 32, 0.25, True),
+        Stage("ir", 3, 3, 1, 6, 32, 0.25, True),
+        Stage("ir", 3, 5, 2, 6, 88, 0.25, True),
+        Stage("ir", 1, 3, 1, 6, 144, 0, True),
+    ]),
+}
+# fmt: on
+
+
+def scale_channels(channels, multiplier, divisor=8, round_up_bias=0.9):
+    """Scale a channel count and round it to a multiple of `divisor`, never rounding down
+    by more than 10% (the rule shared by the TF release, torchvision and timm)."""
+    value = channels * multiplier
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded if rounded >= round_up_bias * value else rounded + divisor
+
+
+class ConvBN(nn.Layer):
+    """Bias-free convolution, BatchNorm, then ReLU unless `act` is False."""
+
+    def __init__(self, in_ch, out_ch, kernel=1, stride=1, groups=1, act=True, bn_args=None):
+        super().__init__()
+        self.conv = nn.Conv2D(
+            in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups,
+            bias_attr=False,
+        )
+        self.bn = nn.BatchNorm2D(out_ch, **(bn_args or {}))
+        self.act = nn.ReLU() if act else None
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return self.act(x) if self.act is not None else x
+
+
+class SqueezeExcite(nn.Layer):
+    """Global pool -> 1x1 reduce -> ReLU -> 1x1 expand -> sigmoid gate on the input."""
+
+    def __init__(self, channels, reduced):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2D(1)
+        self.conv_reduce = nn.Conv2D(channels, reduced, 1)
+        self.act = nn.ReLU()
+        self.conv_expand = nn.Conv2D(reduced, channels, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        scale = self.conv_expand(self.act(self.conv_reduce(self.pool(x))))
+        return x * self.gate(scale)
+
+
+class MnasBlock(nn.Layer):
+    """One MnasNet block. `expand` is absent for depthwise-separable blocks; `se` is absent
+    without squeeze-and-excitation. `project_relu` puts a ReLU after the projection BN,
+    before the shortcut (the reproduction's stem ReLU)."""
+
+    def __init__(self, in_ch, out_ch, stage, stride, bn_args, project_relu=False):
+        super().__init__()
+        mid_ch = in_ch * stage.expand
+        self.expand = ConvBN(in_ch, mid_ch, bn_args=bn_args) if stage.block == "ir" else None
+        self.dw = ConvBN(mid_ch, mid_ch, stage.kernel, stride, groups=mid_ch, bn_args=bn_args)
+        # The SE width follows timm: se ratio of the input channels, computed from mid_ch.
+        self.se = (
+            SqueezeExcite(mid_ch, round(mid_ch * stage.se / stage.expand)) if stage.se else None
+        )
+        self.project = ConvBN(mid_ch, out_ch, act=project_relu, bn_args=bn_args)
+        self.use_shortcut = stage.skip and stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        out = self.expand(x) if self.expand is not None else x
+        out = self.dw(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)
+        return x + out if self.use_shortcut else out
+
+
+class MnasNet(nn.Layer):
+    """MnasNet classifier built from a stage table.
+
+    Args:
+        arch: "B1", "A1" or "small" (a key of ARCHITECTURES).
+        width: channel multiplier for stem and stages (the 1280-wide head is fixed).
+        class_num: classifier outputs.
+        stem_relu: extra ReLU after the first block's projection BN (the reproduction's
+            topology); False gives exactly the torchvision / timm / TF network.
+        dropout: dropout probability before the classifier.
+        bn_momentum, bn_epsilon: BatchNorm settings in Paddle's convention
+            (running = momentum * running + (1 - momentum) * batch).
+    """
+
+    def __init__(self, arch="B1", width=1.0, class_num=1000, stem_relu=True, dropout=0.2,
+                 bn_momentum=0.9, bn_epsilon=1e-5):
+        super().__init__()
+        spec = ARCHITECTURES[arch]
+        bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon)
+        in_ch = scale_channels(spec["stem"], width)
+        self.stem = ConvBN(3, in_ch, 3, stride=2, bn_args=bn_args)
+        stages = []
+        for stage_index, stage in enumerate(spec["stages"]):
+            out_ch = scale_channels(stage.channels, width)
+            blocks = []
+            for repeat in range(stage.repeats):
+                first_block = stage_index == 0 and repeat == 0
+                blocks.append(MnasBlock(
+                    in_ch, out_ch, stage, stage.stride if repeat == 0 else 1, bn_args,
+                    project_relu=stem_relu and first_block,
+                ))
+                in_ch = out_ch
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.Sequential(*stages)
+        self.head = ConvBN(in_ch, spec["head"], bn_args=bn_args)
+        self.avg_pool = nn.AdaptiveAvgPool2D(1)
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(spec["head"], class_num)
+        self._init_weights()
+
+    def _init_weights(self):
+        """torchvision's MNASNet initialisation: Kaiming-normal (fan_out, ReLU) convolutions,
+        Kaiming-uniform (fan_out, sigmoid gain) classifier, zero biases, unit BN scale."""
+        for layer in self.sublayers():
+            if isinstance(layer, nn.Conv2D):
+                out_ch, _, kh, kw = layer.weight.shape
+                nn.initializer.Normal(0.0, math.sqrt(2.0 / (out_ch * kh * kw)))(layer.weight)
+                if layer.bias is not None:
+                    nn.initializer.Constant(0.0)(layer.bias)
+            elif isinstance(layer, nn.Linear):
+                bound = math.sqrt(3.0 / layer.weight.shape[1])  # fan_out = class_num
+                nn.initializer.Uniform(-bound, bound)(layer.weight)
+                nn.initializer.Constant(0.0)(layer.bias)
+
+    def forward_features(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward(self, x):
+        x = self.flatten(self.avg_pool(self.forward_features(x)))
+        return self.fc(self.dropout(x))
+
+
+def _build(arch, width, pretrained=False, **kwargs):
+    model = MnasNet(arch=arch, width=width, **kwargs)
+    if pretrained:
+        from ppcls.utils.save_load import load_pretrained_weights
+
+        load_pretrained_weights(model, pretrained)
+    return model
+
+
+# (registered names, architecture, width). The reproduction's names alias the B1 builders.
+VARIANTS = [
+    (("MnasNet_B1_x0_5", "mnasnet0_5"), "B1", 0.5),
+    (("MnasNet_B1_x0_75", "mnasnet0_75"), "B1", 0.75),
+    (("MnasNet_B1_x1_0", "mnasnet1_0"), "B1", 1.0),
+    (("MnasNet_B1_x1_3", "mnasnet1_3"), "B1", 1.3),
+    (("MnasNet_B1_x1_4",), "B1", 1.4),
+    (("MnasNet_A1_x0_5",), "A1", 0.5),
+    (("MnasNet_A1_x0_75",), "A1", 0.75),
+    (("MnasNet_A1_x1_0",), "A1", 1.0),
+    (("MnasNet_A1_x1_4",), "A1", 1.4),
+    (("MnasNet_small",), "small", 1.0),
+]
+
+
+def _make_builder(names, arch, width):
+    def builder(pretrained=False, class_num=1000, stem_relu=True, dropout=0.2,
+                bn_momentum=0.9, bn_epsilon=1e-5):
+        return _build(arch, width, pretrained=pretrained, class_num=class_num,
+                      stem_relu=stem_relu, dropout=dropout, bn_momentum=bn_momentum,
+                      bn_epsilon=bn_epsilon)
+
+    builder.__name__ = names[0]
+    builder.__doc__ = f"MnasNet-{arch} at width x{width}."
+    builder.arch, builder.width = arch, width
+    return register_model(*names)(builder)
+
+
+for _names, _arch, _width in VARIANTS:
+    globals()[_names[0]] = _make_builder(_names, _arch, _width)

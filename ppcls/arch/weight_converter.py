@@ -1,0 +1,237 @@
+"""Convert reference MnasNet checkpoints (torchvision, timm, the Paddle reproduction) into
+this repository's `.pdparams` layout.
+
+The mapping is derived from our own model: for every tensor our model has, we name the
+tensor the reference stores for it. Conversion fails, naming the keys, unless every source
+tensor is used and every target tensor is filled with the right shape.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from ppcls.arch.registry import get_model_builder
+from ppcls.utils.errors import WeightsError
+
+SOURCES = ("torchvision", "timm", "reproduction")
+
+# Reference model names and the variant of ours that computes the same function.
+REFERENCE_ARCHS = {
+    ("torchvision", "mnasnet0_5"): "MnasNet_B1_x0_5",
+    ("torchvision", "mnasnet0_75"): "MnasNet_B1_x0_75",
+    ("torchvision", "mnasnet1_0"): "MnasNet_B1_x1_0",
+    ("torchvision", "mnasnet1_3"): "MnasNet_B1_x1_3",
+    ("timm", "mnasnet_050"): "MnasNet_B1_x0_5",
+    ("timm", "mnasnet_075"): "MnasNet_B1_x0_75",
+    ("timm", "mnasnet_100"): "MnasNet_B1_x1_0",
+    ("timm", "mnasnet_140"): "MnasNet_B1_x1_4",
+    ("timm", "semnasnet_050"): "MnasNet_A1_x0_5",
+    ("timm", "semnasnet_075"): "MnasNet_A1_x0_75",
+    ("timm", "semnasnet_100"): "MnasNet_A1_x1_0",
+    ("timm", "semnasnet_140"): "MnasNet_A1_x1_4",
+    ("timm", "mnasnet_small"): "MnasNet_small",
+    ("reproduction", "mnasnet1_0"): "MnasNet_B1_x1_0",
+}
+
+# Tensors a reference keeps that have no counterpart here (PyTorch's BN step counter).
+IGNORED_SOURCE_SUFFIXES = (".num_batches_tracked",)
+
+_TORCH_BN_NAMES = {"weight": "weight", "bias": "bias",
+                   "_mean": "running_mean", "_variance": "running_var"}
+
+# Our block parts -> timm's names, for depthwise-separable and inverted-residual blocks.
+_TIMM_DS_PARTS = {"dw.conv": "conv_dw", "dw.bn": "bn1", "se.conv_reduce": "se.conv_reduce",
+                  "se.conv_expand": "se.conv_expand", "project.conv": "conv_pw",
+                  "project.bn": "bn2"}
+_TIMM_IR_PARTS = {"expand.conv": "conv_pw", "expand.bn": "bn1", "dw.conv": "conv_dw",
+                  "dw.bn": "bn2", "se.conv_reduce": "se.conv_reduce",
+                  "se.conv_expand": "se.conv_expand", "project.conv": "conv_pwl",
+                  "project.bn": "bn3"}
+_TIMM_FIXED = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head",
+               "head.bn": "bn2", "fc": "classifier"}
+
+# torchvision's MNASNet is one `layers` Sequential; inverted-residual parts sit at these
+# indices of each block's own `layers`, and the stem's depthwise-separable block at these.
+_TV_IR_PARTS = {"expand.conv": 0, "expand.bn": 1, "dw.conv": 3, "dw.bn": 4,
+                "project.conv": 6, "project.bn": 7}
+_TV_STEM = {"stem.conv": 0, "stem.bn": 1, "blocks.0.0.dw.conv": 3, "blocks.0.0.dw.bn": 4,
+            "blocks.0.0.project.conv": 6, "blocks.0.0.project.bn": 7}
+_TV_FIRST_STACK = 8  # layers.8 .. layers.13 are the six inverted-residual stages
+_TV_HEAD = 14  # layers.14 conv, layers.15 BN
+
+
+def _block_of(module):
+    match = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(.+)", module)
+    return (int(match.group(1)), int(match.group(2)), match.group(3)) if match else None
+
+
+def _timm_module(module, ds_blocks):
+    if module in _TIMM_FIXED:
+        return _TIMM_FIXED[module]
+    stage, index, part = _block_of(module)
+    parts = _TIMM_DS_PARTS if (stage, index) in ds_blocks else _TIMM_IR_PARTS
+    return f"blocks.{stage}.{index}.{parts[part]}"
+
+
+def _torchvision_module(module, layout):
+    """torchvision layout; `layout` carries the reproduction's index shift and head name."""
+    shift = layout["shift"]
+    if module in _TV_STEM:
+        return f"layers.{_TV_STEM[module]}"
+    if module == "head.conv":
+        return f"layers.{_TV_HEAD + shift}"
+    if module == "head.bn":
+        return f"layers.{_TV_HEAD + 1 + shift}"
+    if module == "fc":
+        return layout["classifier"]
+    stage, index, part = _block_of(module)
+    return f"layers.{_TV_FIRST_STACK - 1 + stage + shift}.{index}.layers.{_TV_IR_PARTS[part]}"
+
+
+def detect_reproduction_layout(source_keys):
+    """The reproduction's MnasNet 1.0 has the extra stem ReLU as `layers.8`, which moves the
+    stages to layers.9..14; its classifier is a bare Linear `classifier` (or `classifier.1`
+    behind a Dropout in other versions). Read both facts off the checkpoint's keys."""
+    keys = set(source_keys)
+    if "layers.8.0.layers.0.weight" in keys:
+        shift = 0
+    elif "layers.9.0.layers.0.weight" in keys:  # layers.8 is the parameter-free ReLU
+        shift = 1
+    else:
+        raise WeightsError("this checkpoint does not look like the reproduction's MNASNet: "
+                           "no 'layers.8.0.layers.0.weight' or 'layers.9.0.layers.0.weight'")
+    classifier = "classifier.1" if "classifier.1.weight" in keys else "classifier"
+    return {"shift": shift, "classifier": classifier}
+
+
+def build_key_map(model, source, source_keys=()):
+    """Map each of `model`'s state-dict keys to the source's key. Returns (map, layout)."""
+    our_keys = list(model.state_dict().keys())
+    blocks = {_block_of(k)[:2] for k in our_keys if _block_of(k)}
+    ds_blocks = blocks - {_block_of(k)[:2] for k in our_keys if ".expand." in k}
+    if source == "timm":
+        layout = None
+    elif source == "torchvision":
+        layout = {"shift": 0, "classifier": "classifier.1"}
+    elif source == "reproduction":
+        layout = detect_reproduction_layout(source_keys)
+    else:
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source != "timm" and any(".se." in k for k in our_keys):
+        raise WeightsError(f"{source} has no MnasNet with squeeze-and-excitation; "
+                           "choose a MnasNet_B1_* --arch")
+
+    key_map = {}
+    for key in our_keys:
+        module, name = key.rsplit(".", 1)
+        if source == "timm":
+            src_module = _timm_module(module, ds_blocks)
+        else:
+            src_module = _torchvision_module(module, layout)
+        if source != "reproduction" and module.endswith("bn"):
+            name = _TORCH_BN_NAMES[name]
+        key_map[key] = f"{src_module}.{name}"
+    return key_map, layout
+
+
+def convert_state_dict(source_state, source, arch, class_num=1000):
+    """Convert `source_state` (name -> numpy array, the reference's naming) for our model
+    `arch`. Returns (state dict of float32 arrays, stem_relu the weights were trained with)."""
+    model = get_model_builder(arch)(class_num=class_num, stem_relu=False)
+    key_map, layout = build_key_map(model, source, source_state.keys())
+    stem_relu = bool(layout and layout["shift"])
+    target_shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+
+    missing = [f"{src} (for {ours})" for ours, src in key_map.items() if src not in source_state]
+    used = set(key_map.values())
+    unused = [k for k in source_state
+              if k not in used and not k.endswith(IGNORED_SOURCE_SUFFIXES)]
+    converted, mismatched = {}, []
+    for ours, src in key_map.items():
+        if src not in source_state:
+            continue
+        value = np.asarray(source_state[src], dtype=np.float32)
+        source_shape = list(value.shape)
+        if ours == "fc.weight" and source != "reproduction":
+            value = value.T  # PyTorch Linear is [out, in]; Paddle's is [in, out]
+        if list(value.shape) != target_shapes[ours]:
+            mismatched.append(f"{src} {source_shape} -> {ours} {target_shapes[ours]}")
+        converted[ours] = value
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches, first: " + "; ".join(mismatched[:4]))
+    if missing:
+        problems.append(f"{len(missing)} target tensors have no source, first: "
+                        + ", ".join(missing[:4]))
+    if unused:
+        problems.append(f"{len(unused)} source tensors unused, first: " + ", ".join(unused[:4]))
+    if problems:
+        raise WeightsError(
+            f"the {source} checkpoint does not match {arch} (class_num={class_num}): "
+            + " | ".join(problems)
+            + ". Check --arch (width and A1/B1/small) and --class_num.")
+    return converted, stem_relu
+
+
+def _unwrap(state):
+    """Accept the usual checkpoint wrappers and DataParallel's `module.` prefix."""
+    for wrapper in ("state_dict", "model", "model_state", "model_state_dict"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path):
+    """Read a reference checkpoint as name -> numpy array: `.safetensors` and `.npz` need
+    no PyTorch, `.pth`/`.pt`/`.bin` need `torch`, `.pdparams` needs Paddle."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"checkpoint not found: {path}")
+    extension = os.path.splitext(path)[1].lower()
+    try:
+        if extension == ".safetensors":
+            from safetensors.numpy import load_file
+
+            state = load_file(path)
+        elif extension == ".npz":
+            with np.load(path) as archive:
+                state = {k: archive[k] for k in archive.files}
+        elif extension in (".pth", ".pt", ".bin"):
+            state = _read_torch_pickle(path)
+        elif extension == ".pdparams":
+            import paddle
+
+            state = {k: np.asarray(v) for k, v in paddle.load(path).items()}
+        else:
+            raise WeightsError(f"{path}: unknown checkpoint type {extension!r}; use .pth, .pt, "
+                               ".bin, .safetensors, .npz or .pdparams")
+    except WeightsError:
+        raise
+    except Exception as err:
+        raise WeightsError(f"cannot read {path}: it is truncated or not a {extension} "
+                           f"checkpoint ({type(err).__name__}: {err})") from None
+    return _unwrap(dict(state))
+
+
+def _read_torch_pickle(path):
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(
+            f"reading the PyTorch pickle {path} needs torch, which is optional here: "
+            "'pip install torch' (the CPU build is enough), or give a .safetensors file "
+            "(timm publishes these) or an .npz of the state_dict instead") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _unwrap(state)
+    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def save_pdparams(state, path):
+    import paddle
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, path)

@@ -1,0 +1,83 @@
+"""Loading weights into a model, with errors that say what is wrong and where."""
+
+import os
+
+import paddle
+
+from ppcls.utils import logger
+from ppcls.utils.errors import WeightsError
+
+PARAMS_SUFFIX = ".pdparams"
+
+
+def resolve_params_path(path):
+    """Accept a weights path with or without the `.pdparams` suffix."""
+    path = str(path)
+    candidates = [path] if path.endswith(PARAMS_SUFFIX) else [path + PARAMS_SUFFIX, path]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise WeightsError(
+        f"weights file not found: {candidates[0]} (give the path with or without "
+        f"'{PARAMS_SUFFIX}', e.g. output/MnasNet_B1_x1_0/best_model)"
+    )
+
+
+def read_state_dict(path):
+    """Read a `.pdparams` file into a dict of tensors; a corrupt file is a WeightsError."""
+    path = resolve_params_path(path)
+    try:
+        state = paddle.load(path)
+    except Exception as err:  # paddle raises several types for truncated pickles
+        raise WeightsError(f"cannot read weights file {path}: it is truncated or not a "
+                           f"Paddle .pdparams file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def check_compatible(model, state, source, skip_prefixes=()):
+    """Compare `state` against the model's tensors. Returns the state to load, without
+    tensors under `skip_prefixes` whose shapes differ (e.g. a classifier of another
+    class_num); any other mismatch is a WeightsError naming the first tensors."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        (k, list(state[k].shape), list(expected[k].shape))
+        for k in expected if k in state and list(state[k].shape) != list(expected[k].shape)
+    ]
+    skipped = [m for m in mismatched if m[0].startswith(tuple(skip_prefixes))] if skip_prefixes else []
+    mismatched = [m for m in mismatched if m not in skipped]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch " + ", ".join(
+            f"{k}: file {a} vs model {b}" for k, a, b in mismatched[:5]))
+    if missing:
+        problems.append(f"{len(missing)} model tensors missing from the file, first: "
+                        + ", ".join(missing[:5]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} file tensors unknown to the model, first: "
+                        + ", ".join(unexpected[:5]))
+    if problems:
+        raise WeightsError(f"{source} does not fit this model ({type(model).__name__}): "
+                           + "; ".join(problems)
+                           + ". Check Arch.name and Arch.class_num against the checkpoint.")
+    if skipped:
+        logger.warning("not loading %s from %s: " + ", ".join(
+            f"{k} file {a} vs model {b}" for k, a, b in skipped)
+            + " (different class_num; these stay freshly initialised)",
+            "/".join(k for k, _, _ in skipped), source)
+    return {k: v for k, v in state.items() if k not in {m[0] for m in skipped}}
+
+
+def load_pretrained_weights(model, path, skip_mismatched_classifier=True):
+    """Load `.pdparams` weights into `model`. With `skip_mismatched_classifier`, a classifier
+    (`fc.*`) of another class_num is left as initialised, with a warning naming it."""
+    params_path = resolve_params_path(path)
+    state = read_state_dict(params_path)
+    skip = ("fc.",) if skip_mismatched_classifier else ()
+    state = check_compatible(model, state, params_path, skip_prefixes=skip)
+    model.set_state_dict(state)
+    logger.info("loaded weights from %s", params_path)
+    return params_path

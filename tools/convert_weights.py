@@ -1,0 +1,54 @@
+"""Convert a torchvision, timm or Paddle-reproduction MnasNet checkpoint to .pdparams.
+
+    python tools/convert_weights.py --source torchvision --arch MnasNet_B1_x1_0 \
+        mnasnet1.0_top1_73.512-f206786ef8.pth pretrained/MnasNet_B1_x1_0_torchvision.pdparams
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from ppcls.arch.registry import available_models  # noqa: E402
+from ppcls.arch.weight_converter import (  # noqa: E402
+    SOURCES, convert_state_dict, read_checkpoint, save_pdparams)
+from ppcls.utils.errors import WeightsError  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", required=True, choices=SOURCES,
+                        help="who wrote the checkpoint (its tensor naming)")
+    parser.add_argument("--arch", required=True, choices=available_models(),
+                        help="our model name, e.g. MnasNet_B1_x1_0 for torchvision mnasnet1_0, "
+                             "MnasNet_A1_x1_0 for timm semnasnet_100")
+    parser.add_argument("--class_num", type=int, default=1000)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("src", help=".pth/.pt/.bin (needs torch), .safetensors, .npz or .pdparams")
+    parser.add_argument("dst", help="output .pdparams path")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        source_state = read_checkpoint(args.src)
+        state, stem_relu = convert_state_dict(source_state, args.source, args.arch,
+                                              args.class_num)
+        save_pdparams(state, args.dst)
+    except WeightsError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"converted {len(state)} tensors from {args.src} ({args.source}) to {args.dst}")
+    print(f"these weights need 'Arch.stem_relu: {stem_relu}' "
+          f"(-o Arch.stem_relu={stem_relu}); the default True is the reproduction's topology"
+          if not stem_relu else
+          "these weights need 'Arch.stem_relu: True' (the reproduction's extra stem ReLU)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

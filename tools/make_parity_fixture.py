@@ -1,0 +1,82 @@
+"""Write a weight-parity fixture (format: tests/fixtures/parity/README.md) for a torchvision
+or timm MnasNet: seeded random weights, the reference's float64 eval-mode logits.
+
+Needs torch plus torchvision or timm (not project dependencies); the tests only read the
+JSON it writes.
+
+    python tools/make_parity_fixture.py --source timm --arch mnasnet_small out.json
+"""
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+RECIPE = ("for entry in keys: rng = numpy.random.default_rng([seed, entry['index']]); "
+          "value = rng.uniform(a, b, shape) if dist == 'uniform' else rng.normal(a, b, shape); "
+          "cast to float32. Input: numpy.random.default_rng([seed, 999999])"
+          ".standard_normal(input_shape) cast to float32. Reference evaluated in float64, "
+          "eval mode. num_batches_tracked entries are omitted.")
+
+
+def distribution(name, shape):
+    """BN scale and variance near 1, small shifts, He-scaled weights: activations stay finite."""
+    leaf = name.rsplit(".", 1)[1]
+    if leaf in ("running_var",) or (leaf == "weight" and len(shape) == 1):
+        return "uniform", 0.5, 1.5
+    if len(shape) == 1:
+        return "normal", 0.0, 0.1
+    fan_in = int(np.prod(shape[1:]))
+    gain = 1.0 if len(shape) == 2 else 2.0
+    return "normal", 0.0, math.sqrt(gain / fan_in)
+
+
+def build_reference(source, arch, num_classes):
+    if source == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    import timm
+
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+def make_fixture(source, arch, seed, num_classes=1000, input_shape=(2, 3, 224, 224)):
+    import torch
+
+    model = build_reference(source, arch, num_classes).double().eval()
+    keys = []
+    # state_dict() tensors share storage with the model: copying into them sets the weights
+    # (torchvision's MNASNet refuses load_state_dict without its version metadata).
+    state = {n: t for n, t in model.state_dict().items() if not n.endswith("num_batches_tracked")}
+    with torch.no_grad():
+        for index, (name, tensor) in enumerate(state.items()):
+            shape = list(tensor.shape)
+            dist, a, b = distribution(name, shape)
+            rng = np.random.default_rng([seed, index])
+            value = rng.uniform(a, b, shape) if dist == "uniform" else rng.normal(a, b, shape)
+            tensor.copy_(torch.from_numpy(value.astype(np.float32).astype(np.float64)))
+            keys.append(dict(index=index, name=name, shape=shape, dist=dist, a=a, b=b))
+    x = np.random.default_rng([seed, 999999]).standard_normal(input_shape).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).double()).numpy()
+    params = sum(p.numel() for p in model.parameters())
+    return dict(source=source, arch=arch, num_classes=num_classes, params=params,
+                recipe=RECIPE, seed=seed, input_shape=list(input_shape), keys=keys,
+                logits=logits.tolist())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--source", required=True, choices=("torchvision", "timm"))
+    parser.add_argument("--arch", required=True, help="reference name, e.g. mnasnet0_75")
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("out")
+    args = parser.parse_args()
+    with open(args.out, "w") as f:
+        json.dump(make_fixture(args.source, args.arch, args.seed), f)
+
+
+if __name__ == "__main__":
+    main()
