@@ -1,0 +1,1 @@
+from ppcls.data.dataloader.imagenet_dataset import ImageNetDataset  # noqa: F401

@@ -1,0 +1,22 @@
+"""Image operators by PaddleClas name, and the pipeline that applies them."""
+
+from ppcls.data.preprocess.batch_ops import BATCH_OPS  # noqa: F401
+from ppcls.data.preprocess.ops.autoaugment import AutoAugment, RandAugment
+from ppcls.data.preprocess.ops.operators import (CropImage, DecodeImage, NormalizeImage,
+                                                 RandCropImage, RandFlipImage, RandomErasing,
+                                                 ResizeImage, ToCHWImage)
+from ppcls.utils.factory import create_list
+
+TRANSFORM_OPS = {op.__name__: op for op in (
+    DecodeImage, ResizeImage, CropImage, RandCropImage, RandFlipImage, NormalizeImage,
+    ToCHWImage, AutoAugment, RandAugment, RandomErasing)}
+
+
+def build_transforms(specs, where):
+    return create_list(TRANSFORM_OPS, specs, where, kind="image operator")
+
+
+def apply_transforms(ops, data, rng):
+    for op in ops:
+        data = op(data, rng)
+    return data

@@ -1,0 +1,71 @@
+"""Batch samplers that own an epoch's randomness.
+
+Each epoch's order and every sample's augmentation seed are functions of (seed, epoch), so
+any rank or worker sees the same plan and a resumed epoch replays exactly; `start_batch`
+skips batches already trained on. Training shards are padded to equal length (every rank
+must step together); evaluation shards are never padded, so no sample is counted twice.
+"""
+
+import math
+
+import numpy as np
+import paddle.distributed as dist
+
+from ppcls.utils.errors import ConfigError
+
+
+class DistributedBatchSampler:
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0,
+                 pad=True, num_replicas=None, rank=None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"sampler.batch_size must be a positive integer, got {batch_size!r}")
+        self.dataset_size = len(dataset)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.pad = seed, pad
+        self.num_replicas = num_replicas if num_replicas is not None else dist.get_world_size()
+        self.rank = rank if rank is not None else dist.get_rank()
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _shard(self):
+        """(indices, sample seeds) of this rank for the current epoch."""
+        n, replicas = self.dataset_size, self.num_replicas
+        plan = np.random.default_rng([self.seed, self.epoch])
+        order = plan.permutation(n) if self.shuffle else np.arange(n)
+        per_rank = math.ceil(n / replicas)
+        if self.pad:
+            order = np.resize(order, per_rank * replicas)  # repeats from the start
+            positions = np.arange(self.rank, len(order), replicas)
+        else:
+            positions = np.arange(self.rank * per_rank, min((self.rank + 1) * per_rank, n))
+        seeds = plan.integers(0, 2**62, size=len(order))
+        return order[positions], seeds[positions]
+
+    def __iter__(self):
+        indices, seeds = self._shard()
+        batches = len(self)
+        for b in range(self.start_batch, batches):
+            chunk = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield [(int(i), int(s)) for i, s in zip(indices[chunk], seeds[chunk])]
+
+    def shard_size(self):
+        n = self.dataset_size
+        per_rank = math.ceil(n / self.num_replicas)
+        return per_rank if self.pad else max(0, min(per_rank, n - self.rank * per_rank))
+
+    def __len__(self):
+        size = self.shard_size()
+        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+
+
+class BatchSampler(DistributedBatchSampler):
+    """Single-process sampler (PaddleClas's `BatchSampler` name): one replica."""
+
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0, pad=True):
+        super().__init__(dataset, batch_size, shuffle, drop_last, seed, pad=False,
+                         num_replicas=1, rank=0)
+
+
+SAMPLERS = {"DistributedBatchSampler": DistributedBatchSampler, "BatchSampler": BatchSampler}

@@ -1,0 +1,65 @@
+"""Checkpoints in PaddleClas's layout: `<prefix>.pdparams` (model), `.pdopt` (optimizer),
+`.pdema` (EMA weights, when EMA is on) and `.pdstates` (epoch, iteration, metrics, schedule,
+seed). Each file is written to a temporary name and renamed into place, and `.pdstates`
+is written last, so a reader never sees a half-written file."""
+
+import os
+
+import paddle
+
+from ppcls.utils.errors import WeightsError
+from ppcls.utils.save_load import check_compatible, read_state_dict, resolve_params_path
+
+
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    paddle.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    atomic_save(model.state_dict(), prefix + ".pdparams")
+    if optimizer is not None:
+        atomic_save(optimizer.state_dict(), prefix + ".pdopt")
+    if ema is not None:
+        atomic_save(ema.state_dict(), prefix + ".pdema")
+    atomic_save(dict(state or {}), prefix + ".pdstates")
+
+
+def strip_params_suffix(path):
+    path = resolve_params_path(path)
+    return path[: -len(".pdparams")] if path.endswith(".pdparams") else path
+
+
+def read_states(prefix):
+    path = prefix + ".pdstates"
+    if not os.path.isfile(path):
+        return None
+    try:
+        return paddle.load(path)
+    except Exception as err:
+        raise WeightsError(f"cannot read {path}: truncated or corrupt ({err})") from None
+
+
+def load_checkpoint(path, model, optimizer=None, ema=None):
+    """Restore everything a checkpoint holds; returns its `.pdstates` dict."""
+    prefix = strip_params_suffix(path)
+    state = read_states(prefix)
+    if state is None:
+        raise WeightsError(f"{prefix}.pdstates is missing: {prefix} is not a training "
+                           "checkpoint (use Global.pretrained_model to load bare weights)")
+    weights = read_state_dict(prefix + ".pdparams")
+    model.set_state_dict(check_compatible(model, weights, prefix + ".pdparams"))
+    if optimizer is not None:
+        if not os.path.isfile(prefix + ".pdopt"):
+            raise WeightsError(f"{prefix}.pdopt is missing; cannot resume the optimizer")
+        optimizer.set_state_dict(paddle.load(prefix + ".pdopt"))
+    if ema is not None:
+        if os.path.isfile(prefix + ".pdema"):
+            ema.set_state_dict(read_state_dict(prefix + ".pdema"))
+        else:
+            ema.set_state_dict(model.state_dict())
+    return state

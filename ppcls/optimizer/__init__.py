@@ -1,0 +1,126 @@
+"""Optimizers by PaddleClas name, built from the `Optimizer` section:
+
+    Optimizer: {name: Momentum, momentum: 0.9, lr: {name: Cosine, learning_rate: 0.1,
+                warmup_epoch: 5}, regularizer: {name: L2, coeff: 3.0e-5}, clip_norm: 5.0}
+
+`clip_norm` clips each gradient tensor's norm (Paddle's ClipGradByNorm), as PaddleClas does;
+`clip_global_norm` (ours) clips the norm of all gradients together (ClipGradByGlobalNorm).
+
+Note on RMSProp: Paddle, like TensorFlow, adds epsilon inside the square root
+(`g / sqrt(ms + epsilon)`); PyTorch adds it outside. TF-style recipes (epsilon 1e-3) port
+to Paddle unchanged. TF starts the mean square at 1.0, Paddle at 0.
+"""
+
+import copy
+
+import paddle
+
+from ppcls.optimizer.learning_rate import SCHEDULES
+from ppcls.utils.errors import ConfigError
+from ppcls.utils.factory import create, split_spec
+
+
+def _param_groups(parameters, weight_decay, no_weight_decay_name, one_dim_no_decay):
+    """Split parameters into decayed and non-decayed groups by name substring and rank."""
+    skip_names = (no_weight_decay_name or "").split()
+    decay, no_decay = [], []
+    for param in parameters:
+        if param.stop_gradient:
+            continue
+        excluded = any(s in param.name for s in skip_names) or (
+            one_dim_no_decay and len(param.shape) == 1)
+        (no_decay if excluded else decay).append(param)
+    if not no_decay:
+        return decay
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _momentum(learning_rate, parameters, weight_decay, grad_clip, multi_precision,
+              momentum: float = 0.9, use_nesterov: bool = False, no_weight_decay_name: str = "",
+              one_dim_param_no_weight_decay: bool = False):
+    params = _param_groups(parameters, weight_decay, no_weight_decay_name,
+                           one_dim_param_no_weight_decay)
+    return paddle.optimizer.Momentum(learning_rate, momentum, parameters=params,
+                                     use_nesterov=use_nesterov, weight_decay=weight_decay,
+                                     grad_clip=grad_clip, multi_precision=multi_precision)
+
+
+def _rmsprop(learning_rate, parameters, weight_decay, grad_clip, multi_precision,
+             rho: float = 0.95, epsilon: float = 1e-6, momentum: float = 0.0,
+             centered: bool = False, no_weight_decay_name: str = "",
+             one_dim_param_no_weight_decay: bool = False):
+    params = _param_groups(parameters, weight_decay, no_weight_decay_name,
+                           one_dim_param_no_weight_decay)
+    return paddle.optimizer.RMSProp(learning_rate, rho=rho, epsilon=epsilon, momentum=momentum,
+                                    centered=centered, parameters=params,
+                                    weight_decay=weight_decay, grad_clip=grad_clip)
+
+
+def _adamw(learning_rate, parameters, weight_decay, grad_clip, multi_precision,
+           beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8,
+           no_weight_decay_name: str = "", one_dim_param_no_weight_decay: bool = False):
+    # AdamW's decay is decoupled: `weight_decay` is a coefficient, not a regularizer.
+    coeff = weight_decay._coeff if isinstance(weight_decay, paddle.regularizer.L2Decay) else (
+        weight_decay or 0.0)
+    skip_names = (no_weight_decay_name or "").split()
+    decayed = {p.name for p in parameters if not (
+        any(s in p.name for s in skip_names) or (one_dim_param_no_weight_decay and len(p.shape) == 1))}
+    return paddle.optimizer.AdamW(learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
+                                  parameters=[p for p in parameters if not p.stop_gradient],
+                                  weight_decay=coeff, grad_clip=grad_clip,
+                                  apply_decay_param_fun=lambda name: name in decayed,
+                                  multi_precision=multi_precision)
+
+
+OPTIMIZERS = {"Momentum": _momentum, "RMSProp": _rmsprop, "AdamW": _adamw}
+
+
+def build_lr_scheduler(lr_spec, epochs, step_each_epoch):
+    if isinstance(lr_spec, (int, float)) and not isinstance(lr_spec, bool):
+        lr_spec = {"name": "Constant", "learning_rate": lr_spec}
+    if not isinstance(lr_spec, dict) or "name" not in lr_spec:
+        raise ConfigError("Optimizer.lr must be a number or a mapping with a name, e.g. "
+                          "{name: Cosine, learning_rate: 0.1}")
+    name, args = split_spec(lr_spec, "Optimizer.lr")
+    schedule = create(SCHEDULES, name, args, "Optimizer.lr", kind="schedule",
+                      injected={"epochs": epochs, "step_each_epoch": step_each_epoch})
+    return schedule()
+
+
+def _weight_decay(spec):
+    if spec is None:
+        return None
+    name, args = split_spec(spec, "Optimizer.regularizer")
+    kinds = {"L2": paddle.regularizer.L2Decay, "L1": paddle.regularizer.L1Decay}
+    if name not in kinds:
+        raise ConfigError(f"Optimizer.regularizer: unknown regularizer {name!r}; available: "
+                          "L2, L1")
+    return kinds[name](float(args.get("coeff", 0.0)))
+
+
+def _grad_clip(clip_norm, clip_global_norm):
+    if clip_norm and clip_global_norm:
+        raise ConfigError("Optimizer: set clip_norm (per tensor) or clip_global_norm, not both")
+    if clip_norm:
+        return paddle.nn.ClipGradByNorm(float(clip_norm))
+    if clip_global_norm:
+        return paddle.nn.ClipGradByGlobalNorm(float(clip_global_norm))
+    return None
+
+
+def build_optimizer(config, epochs, step_each_epoch, parameters, multi_precision=False):
+    """Returns (optimizer, lr scheduler)."""
+    spec = copy.deepcopy(config.get("Optimizer"))
+    if not spec or "name" not in spec:
+        raise ConfigError("Optimizer.name is missing; e.g. 'Optimizer: {name: Momentum, ...}'")
+    lr = build_lr_scheduler(spec.pop("lr", None), epochs, step_each_epoch)
+    weight_decay = _weight_decay(spec.pop("regularizer", None))
+    if "weight_decay" in spec:  # AdamW configs give the coefficient directly
+        weight_decay = spec.pop("weight_decay")
+    grad_clip = _grad_clip(spec.pop("clip_norm", None), spec.pop("clip_global_norm", None))
+    name, args = split_spec(spec, "Optimizer")
+    args.pop("multi_precision", None)
+    optimizer = create(OPTIMIZERS, name, args, "Optimizer", kind="optimizer", injected={
+        "learning_rate": lr, "parameters": list(parameters), "weight_decay": weight_decay,
+        "grad_clip": grad_clip, "multi_precision": multi_precision})
+    return optimizer, lr

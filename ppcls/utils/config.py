@@ -1,0 +1,182 @@
+"""PaddleClas-style configuration: a YAML file plus `-o Key.sub.0.leaf=value` overrides.
+
+Sections and the `Global`, `AMP` and `EMA` keys are checked here, before any work starts;
+the other sections are checked by the builders that read them (`ppcls.utils.factory`).
+"""
+
+import argparse
+import copy
+import os
+import re
+
+import yaml
+
+from ppcls.utils.errors import ConfigError
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; configs mean the number (PaddleClas accepts it)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_load(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)
+
+
+SECTIONS = ("Global", "AMP", "EMA", "Arch", "Loss", "Optimizer", "DataLoader", "Infer",
+            "Metric")
+
+NoneType = type(None)
+# key: (allowed types, default). Defaults are what a config that omits the key gets.
+GLOBAL_SCHEMA = {
+    "checkpoints": ((str, NoneType), None),
+    "pretrained_model": ((str, NoneType), None),
+    "output_dir": ((str,), "./output/"),
+    "device": ((str,), "gpu"),
+    "class_num": ((int, NoneType), None),
+    "save_interval": ((int,), 1),
+    "eval_during_train": ((bool,), True),
+    "eval_interval": ((int,), 1),
+    "start_eval_epoch": ((int,), 0),
+    "epochs": ((int,), 1),
+    "print_batch_step": ((int,), 10),
+    "use_visualdl": ((bool,), False),
+    "image_shape": ((list,), [3, 224, 224]),
+    "save_inference_dir": ((str,), "./inference"),
+    "to_static": ((bool,), False),
+    "seed": ((int, NoneType), None),
+    "use_dali": ((bool,), False),
+    "eval_mode": ((str,), "classification"),
+    "use_multilabel": ((bool,), False),
+    # Accepted from upstream configs and TIPC command lines; no effect here.
+    "auto_cast": ((str, bool, NoneType), None),
+}
+AMP_SCHEMA = {
+    "use_amp": ((bool,), True),
+    "scale_loss": ((int, float), 65536.0),
+    "use_dynamic_loss_scaling": ((bool,), True),
+    "use_promote": ((bool,), False),
+    "level": ((str,), "O1"),
+    "use_fp16_test": ((bool,), False),
+}
+EMA_SCHEMA = {
+    "decay": ((float, int), 0.9999),
+}
+SCHEMAS = {"Global": GLOBAL_SCHEMA, "AMP": AMP_SCHEMA, "EMA": EMA_SCHEMA}
+
+
+def type_names(types):
+    return " or ".join("null" if t is NoneType else t.__name__ for t in types)
+
+
+def is_instance(value, types):
+    """isinstance, except that bool is not an int and an int is a valid float."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def parse_override(text):
+    """'Global.epochs=3' -> (['Global', 'epochs'], 3). Values are YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like Key.sub.leaf=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {text!r}: empty key component in {key!r}")
+    try:
+        value = yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({err})") from None
+    return path, value
+
+
+def apply_override(config, path, value):
+    """Set config[path] = value; numeric components index lists. Creates missing dict keys
+    (validation afterwards rejects unknown ones)."""
+    node = config
+    for depth, component in enumerate(path):
+        last = depth == len(path) - 1
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            if not component.isdigit() or int(component) >= len(node):
+                raise ConfigError(f"override {'.'.join(path)}: {where} is not an index of a "
+                                  f"list of {len(node)} items")
+            component = int(component)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:depth])} is a "
+                              f"{type(node).__name__}, not a section")
+        if last:
+            node[component] = value
+        else:
+            if isinstance(node, dict) and node.get(component) is None:
+                node[component] = {}
+            node = node[component]
+    return config
+
+
+def validate(config, source="config"):
+    """Check sections and the typed sections' keys; fill their defaults. Raises ConfigError."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    for section in config:
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r}; allowed: "
+                              + ", ".join(SECTIONS))
+    for section, schema in SCHEMAS.items():
+        if section not in config:
+            continue
+        values = config[section] or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section} must be a mapping")
+        for key, value in values.items():
+            if key not in schema:
+                raise ConfigError(f"{source}: unknown key {section}.{key}; allowed: "
+                                  + ", ".join(schema))
+            types = schema[key][0]
+            if not is_instance(value, types):
+                raise ConfigError(f"{source}: {section}.{key} must be {type_names(types)}, "
+                                  f"got {value!r}")
+        config[section] = {k: values.get(k, copy.deepcopy(d)) for k, (_, d) in schema.items()}
+    config.setdefault("Global", {k: copy.deepcopy(d) for k, (_, d) in GLOBAL_SCHEMA.items()})
+    return config
+
+
+def load_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            return yaml_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def get_config(path, overrides=()):
+    """Load `path`, apply overrides in order, validate."""
+    config = load_yaml(path)
+    for text in overrides or ():
+        apply_override(config, *parse_override(text))
+    return validate(config, source=path)
+
+
+def parse_args(argv=None, description=None):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-c", "--config", required=True, help="YAML config file")
+    parser.add_argument("-o", "--override", action="append", default=[],
+                        help="override a key, e.g. -o Global.epochs=3 (repeatable)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks for configuration and input errors")
+    return parser.parse_args(argv)
+
+
+def class_num_of(config):
+    """The number of classes: Arch.class_num, else Global.class_num, else 1000."""
+    return (config.get("Arch") or {}).get("class_num") or config["Global"].get("class_num") \
+        or 1000

@@ -1,0 +1,87 @@
+"""Build components (ops, losses, optimizers, schedules, metrics...) from config entries.
+
+A config names a component in one of PaddleClas's two forms:
+    - CELoss: {epsilon: 0.1}        (a one-key mapping, used in lists)
+    name: Momentum, momentum: 0.9    (a `name` key beside the arguments)
+Unknown names, unknown arguments, missing arguments and values whose type does not match
+the constructor's annotation are ConfigErrors that name the config key.
+"""
+
+import inspect
+
+from ppcls.utils.config import is_instance, type_names
+from ppcls.utils.errors import ConfigError
+
+_SIMPLE_TYPES = (int, float, bool, str, list, dict)
+
+
+def split_spec(spec, where):
+    """Return (name, arguments) of a config entry in either form."""
+    if isinstance(spec, str):
+        return spec, {}
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(f"{where}: expected a mapping naming a component, got {spec!r}")
+    if "name" in spec:
+        args = {k: v for k, v in spec.items() if k != "name"}
+        return spec["name"], args
+    if len(spec) != 1:
+        raise ConfigError(f"{where}: expected one component name, got keys {list(spec)}")
+    name, args = next(iter(spec.items()))
+    if args is not None and not isinstance(args, dict):
+        raise ConfigError(f"{where}.{name}: arguments must be a mapping, got {args!r}")
+    return name, dict(args or {})
+
+
+def _annotation_types(annotation):
+    """Simple annotations only: int, float, str, bool, list, dict, or tuples of those."""
+    if annotation in _SIMPLE_TYPES:
+        return (annotation,)
+    if isinstance(annotation, tuple) and all(a in _SIMPLE_TYPES + (type(None),) for a in annotation):
+        return annotation
+    return None
+
+
+def create(registry, name, args, where, kind="component", injected=None):
+    """Instantiate registry[name](**args, **injected). `injected` are arguments the framework
+    supplies (e.g. epochs, step_each_epoch) and are not checked against the config."""
+    if name not in registry:
+        raise ConfigError(f"{where}: unknown {kind} {name!r}; available: "
+                          + ", ".join(sorted(registry)))
+    target = registry[name]
+    params = inspect.signature(target).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    injected = dict(injected or {})
+    for key, value in args.items():
+        param = params.get(key)
+        if param is None:
+            if takes_any:
+                continue
+            allowed = [p for p in params if p not in injected and p != "self"
+                       and params[p].kind not in (params[p].VAR_POSITIONAL, params[p].VAR_KEYWORD)]
+            raise ConfigError(f"{where}.{name}: unknown argument {key!r}; allowed: "
+                              + ", ".join(allowed))
+        types = _annotation_types(param.annotation)
+        if types and not (value is None and param.default is None) and not is_instance(value, types):
+            raise ConfigError(f"{where}.{name}.{key} must be {type_names(types)}, got {value!r}")
+    call_args = {k: v for k, v in injected.items() if k in params or takes_any}
+    call_args.update(args)
+    missing = [p.name for p in params.values()
+               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.name not in call_args]
+    if missing:
+        raise ConfigError(f"{where}.{name}: missing required argument(s) {', '.join(missing)}")
+    return target(**call_args)
+
+
+def create_from_spec(registry, spec, where, kind="component", injected=None):
+    name, args = split_spec(spec, where)
+    return create(registry, name, args, where, kind, injected)
+
+
+def create_list(registry, specs, where, kind="component", injected=None):
+    if specs is None:
+        return []
+    if not isinstance(specs, list):
+        raise ConfigError(f"{where}: expected a list of {kind}s, got {specs!r}")
+    return [create_from_spec(registry, spec, f"{where}.{i}", kind, injected)
+            for i, spec in enumerate(specs)]

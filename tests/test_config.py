@@ -1,0 +1,86 @@
+"""Config loading, overrides and validation; every shipped config builds."""
+
+import glob
+import os
+
+import pytest
+
+from conftest import ROOT, QUICK_START
+from ppcls.arch import build_model
+from ppcls.data.preprocess import build_transforms
+from ppcls.data import BATCH_OPS
+from ppcls.loss import build_loss
+from ppcls.metric import build_metrics
+from ppcls.optimizer import build_optimizer
+from ppcls.utils.config import apply_override, get_config, parse_override, validate
+from ppcls.utils.errors import ConfigError
+from ppcls.utils.factory import create_list
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+def test_override_sets_nested_keys_and_list_items():
+    config = get_config(QUICK_START, [
+        "Global.epochs=3",
+        "DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=48",
+        "Optimizer.lr.learning_rate=0.05",
+        "Global.image_shape=[3, 48, 48]",
+        "Global.pretrained_model=null",
+    ])
+    assert config["Global"]["epochs"] == 3
+    assert config["DataLoader"]["Train"]["dataset"]["transform_ops"][1]["RandCropImage"]["size"] == 48
+    assert config["Optimizer"]["lr"]["learning_rate"] == 0.05
+    assert config["Global"]["image_shape"] == [3, 48, 48]
+    assert config["Global"]["pretrained_model"] is None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("Global.epochs", "must look like Key.sub.leaf=value"),
+    ("Global..epochs=1", "empty key component"),
+    ("Global.epochs=[1, 2", "not valid YAML"),
+    ("Global.epochs=three", "Global.epochs must be int, got 'three'"),
+    ("Global.epoch=3", "unknown key Global.epoch; allowed: checkpoints"),
+    ("Globals.epochs=3", "unknown section 'Globals'"),
+    ("DataLoader.Train.dataset.transform_ops.9.size=1", "transform_ops.9 is not an index"),
+    ("Global.use_visualdl=1", "Global.use_visualdl must be bool"),
+])
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        get_config(QUICK_START, [override])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        get_config(str(tmp_path / "nope.yaml"))
+
+
+def test_defaults_fill_global():
+    config = validate({"Arch": {"name": "MnasNet_small"}})
+    assert config["Global"]["epochs"] == 1 and config["Global"]["device"] == "gpu"
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("A.b=1e-3") == (["A", "b"], 1e-3)
+    assert parse_override("A.b=True") == (["A", "b"], True)
+    assert parse_override("A.b=1.0/255.0") == (["A", "b"], "1.0/255.0")
+    config = {"A": [{"x": 1}]}
+    assert apply_override(config, ["A", "0", "x"], 2) == {"A": [{"x": 2}]}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_builds_without_data(path):
+    """Model, transforms, batch operators, loss, optimizer and schedule of each config."""
+    config = get_config(path)
+    model = build_model(config)
+    for mode in ("Train", "Eval"):
+        dataset = config["DataLoader"][mode]["dataset"]
+        build_transforms(dataset["transform_ops"], f"DataLoader.{mode}.dataset.transform_ops")
+        create_list(BATCH_OPS, dataset.get("batch_transform_ops"), "batch_transform_ops",
+                    injected={"class_num": 1000})
+        assert build_loss(config, mode) is not None
+        assert build_metrics(config, mode)
+    optimizer, lr = build_optimizer(config, config["Global"]["epochs"], 100, model.parameters())
+    assert lr() > 0 or config["Optimizer"]["lr"].get("warmup_epoch", 0) > 0
+    for _ in range(250):
+        lr.step()
+    assert lr() >= 0

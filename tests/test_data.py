@@ -1,0 +1,147 @@
+"""Image operators, batch operators, samplers and the dataset."""
+
+import random
+
+import cv2
+import numpy as np
+import pytest
+
+from ppcls.data.dataloader import ImageNetDataset
+from ppcls.data.preprocess import TRANSFORM_OPS, build_transforms
+from ppcls.data.preprocess.batch_ops import CutmixOperator, MixupOperator, OpSampler
+from ppcls.data.sampler import DistributedBatchSampler
+from ppcls.utils.errors import ConfigError
+
+IMAGE = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+
+
+def test_resize_short_crop_and_normalize():
+    ops = build_transforms([{"ResizeImage": {"resize_short": 40}}, {"CropImage": {"size": 32}},
+                            {"NormalizeImage": {"scale": "1.0/255.0", "order": ""}},
+                            {"ToCHWImage": None}], "ops")
+    out = IMAGE
+    for op in ops:
+        out = op(out, random.Random(0))
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32
+    resized = cv2.resize(IMAGE, (53, 40))
+    expected = (resized[4:36, 10:42] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(out.transpose(1, 2, 0), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [
+    {"RandCropImage": {"size": 24}}, {"RandCropImage": {"size": [24, 16], "use_log_aspect": True}},
+    {"RandFlipImage": {"flip_code": 1}}, {"AutoAugment": None},
+    {"RandAugment": {"num_layers": 2, "magnitude": 9}},
+])
+def test_random_ops_are_functions_of_the_sample_rng(spec):
+    (op,) = build_transforms([spec], "ops")
+    a, b = op(IMAGE, random.Random(5)), op(IMAGE, random.Random(5))
+    np.testing.assert_array_equal(a, b)
+    outs = {op(IMAGE, random.Random(s)).tobytes() for s in range(12)}
+    assert len(outs) > 1  # really random across seeds
+    assert a.dtype == np.uint8 and a.shape[2] == 3
+
+
+def test_rand_crop_size_is_width_height():
+    (op,) = build_transforms([{"RandCropImage": {"size": [24, 16]}}], "ops")
+    assert op(IMAGE, random.Random(0)).shape == (16, 24, 3)
+
+
+def test_random_erasing_erases_with_mean():
+    (op,) = build_transforms([{"RandomErasing": {"EPSILON": 1.0, "mean": [0, 0, 0]}}], "ops")
+    img = np.ones((32, 32, 3), np.float32)
+    out = op(img, random.Random(1))
+    assert (out == 0).any() and (out == 1).any()
+
+
+def test_unknown_op_and_argument_are_named():
+    with pytest.raises(ConfigError, match="unknown image operator 'RandomCrop'.*RandCropImage"):
+        build_transforms([{"RandomCrop": {"size": 3}}], "DataLoader.Train.dataset.transform_ops")
+    with pytest.raises(ConfigError, match=r"transform_ops.0.ResizeImage: unknown argument 'short'"):
+        build_transforms([{"ResizeImage": {"short": 3}}], "DataLoader.Train.dataset.transform_ops")
+    assert {"DecodeImage", "RandCropImage", "RandFlipImage", "ResizeImage", "CropImage",
+            "NormalizeImage", "ToCHWImage", "AutoAugment", "RandAugment",
+            "RandomErasing"} <= set(TRANSFORM_OPS)
+
+
+@pytest.mark.parametrize("op", [MixupOperator(10, 0.2), CutmixOperator(10, 1.0),
+                                OpSampler(10, MixupOperator={"alpha": 0.2, "prob": 0.5},
+                                          CutmixOperator={"alpha": 1.0, "prob": 0.5})])
+def test_batch_ops_give_soft_targets(op):
+    images = np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    mixed, targets = op(images, labels, random.Random(3))
+    assert mixed.shape == images.shape and targets.shape == (6, 10)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert (targets.max(axis=1) < 1).any()
+
+
+class _Sized:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def test_eval_shards_cover_every_sample_exactly_once():
+    n, replicas = 37, 3
+    seen = []
+    for rank in range(replicas):
+        sampler = DistributedBatchSampler(_Sized(n), 4, pad=False, num_replicas=replicas, rank=rank)
+        seen += [i for batch in sampler for i, _ in batch]
+    assert sorted(seen) == list(range(n))
+
+
+def test_train_shards_are_padded_equal_and_seeded_consistently():
+    plans = []
+    for rank in range(2):
+        sampler = DistributedBatchSampler(_Sized(37), 4, shuffle=True, seed=9, num_replicas=2,
+                                          rank=rank)
+        sampler.set_epoch(3)
+        plans.append([item for batch in sampler for item in batch])
+    assert len(plans[0]) == len(plans[1]) == 19
+    seeds = {}
+    for item in plans[0] + plans[1]:
+        seeds.setdefault(item[1], item[0])
+    assert len(seeds) == 38  # each position has its own augmentation seed
+
+
+def test_start_batch_replays_the_tail_of_the_epoch():
+    sampler = DistributedBatchSampler(_Sized(50), 8, shuffle=True, seed=1, num_replicas=1, rank=0)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.set_epoch(2, start_batch=3)
+    assert list(sampler) == full[3:]
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+
+
+def test_batch_size_zero_is_refused():
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        DistributedBatchSampler(_Sized(5), 0)
+
+
+def _write_list(tmp_path, lines):
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def test_dataset_gives_chw_images_deterministically(digits):
+    dataset = ImageNetDataset(str(digits), str(digits / "val_odd.txt"), [
+        {"DecodeImage": {"to_rgb": True}}, {"RandCropImage": {"size": 24}},
+        {"NormalizeImage": {"order": ""}}])
+    img, label, _ = dataset[(3, 1234)]
+    again, _, _ = dataset[(3, 1234)]
+    assert img.shape == (3, 24, 24) and 0 <= label < 10
+    np.testing.assert_array_equal(img, again)
+
+
+def test_list_file_errors_name_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"list.txt:2: label 'x' is not an integer"):
+        ImageNetDataset(str(tmp_path), _write_list(tmp_path, ["a.png 1", "b.png x"]))
+    with pytest.raises(ConfigError, match=r"list.txt:1: expected 'path label'"):
+        ImageNetDataset(str(tmp_path), _write_list(tmp_path, ["a.png"]))
+    with pytest.raises(ConfigError, match="label list not found"):
+        ImageNetDataset(str(tmp_path), str(tmp_path / "missing.txt"))

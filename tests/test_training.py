@@ -1,0 +1,160 @@
+"""Training and evaluation end to end on the quick-start digits (small lists, 32 px)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import QUICK_START, ROOT, digits_overrides
+from ppcls.engine.engine import Engine
+from ppcls.utils.config import get_config
+
+CHECKPOINT_FILES = (".pdparams", ".pdopt", ".pdstates")
+
+
+def make_engine(digits, output_dir, mode="train", **kwargs):
+    return Engine(get_config(QUICK_START, digits_overrides(digits, output_dir, **kwargs)), mode)
+
+
+def read_log_losses(output_dir):
+    log = open(os.path.join(output_dir, "MnasNet_B1_x0_5", "train.log")).read()
+    return [float(x) for x in re.findall(r"\[Iter: \d+/\d+\]lr: [\d.]+, CELoss: ([\d.]+)", log)]
+
+
+def weights(path):
+    return {k: v.numpy() for k, v in paddle.load(path).items()}
+
+
+def test_training_lowers_loss_and_writes_checkpoints(digits, tmp_path):
+    engine = make_engine(digits, tmp_path, epochs=3)
+    engine.train()
+    losses = read_log_losses(tmp_path)
+    assert len(losses) == 3 * 6  # 96 images / 16 per batch, every iteration logged
+    assert np.mean(losses[-6:]) < np.mean(losses[:6])
+    out = tmp_path / "MnasNet_B1_x0_5"
+    for name in ("best_model", "latest", "epoch_1", "epoch_2", "epoch_3"):
+        for suffix in CHECKPOINT_FILES:
+            assert (out / (name + suffix)).is_file(), name + suffix
+    state = paddle.load(str(out / "latest.pdstates"))
+    assert state["epoch"] == 3 and state["iter"] == 6 and state["seed"] == 7
+    assert 0 < state["best"]["metric"] <= 1
+
+
+def test_same_seed_gives_identical_losses(digits, tmp_path):
+    make_engine(digits, tmp_path / "a", epochs=1).train()
+    make_engine(digits, tmp_path / "b", epochs=1).train()
+    assert read_log_losses(tmp_path / "a") == read_log_losses(tmp_path / "b")
+
+
+def test_resume_from_latest_matches_uninterrupted_run(digits, tmp_path):
+    make_engine(digits, tmp_path / "full", epochs=3).train()
+    make_engine(digits, tmp_path / "part", epochs=2).train()
+    latest = tmp_path / "part" / "MnasNet_B1_x0_5" / "latest"
+    resumed = make_engine(digits, tmp_path / "part", epochs=3, seed=999,  # seed comes from the checkpoint
+                          extra=[f"Global.checkpoints={latest}"])
+    assert (resumed.start_epoch, resumed.start_iter) == (3, 0)
+    resumed.train()
+    full = weights(str(tmp_path / "full" / "MnasNet_B1_x0_5" / "latest.pdparams"))
+    again = weights(str(latest) + ".pdparams")
+    for key in full:
+        np.testing.assert_array_equal(full[key], again[key], err_msg=key)
+    opt_full = paddle.load(str(tmp_path / "full" / "MnasNet_B1_x0_5" / "latest.pdopt"))
+    opt_again = paddle.load(str(latest) + ".pdopt")
+    assert opt_full["LR_Scheduler"] == opt_again["LR_Scheduler"]
+
+
+def run_tool(*args, nproc=None):
+    cmd = [sys.executable]
+    if nproc:
+        cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def eval_top1(output):
+    match = re.search(r"\[Eval\]\[Epoch 0\]\[Avg\].*top1: ([\d.]+).*top1 (\d+)/(\d+)", output)
+    assert match, output[-2000:]
+    return int(match.group(2)) / int(match.group(3)), match.group(0)
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["model", "ema"])
+def test_best_model_metric_equals_eval_tool(digits, tmp_path, ema):
+    extra = ["EMA.decay=0.9"] if ema else []
+    make_engine(digits, tmp_path, epochs=2, extra=extra).train()
+    best = tmp_path / "MnasNet_B1_x0_5" / "best_model"
+    state = paddle.load(str(best) + ".pdstates")
+    assert os.path.isfile(str(best) + ".pdema") == ema
+    output = run_tool("tools/eval.py", "-c", QUICK_START,
+                      *sum((["-o", o] for o in digits_overrides(digits, tmp_path / "eval")), []),
+                      "-o", f"Global.pretrained_model={best}", *sum((["-o", e] for e in extra), []))
+    top1, line = eval_top1(output)
+    assert top1 == state["metric"], line
+    assert ("EMA weights" in line) == ema
+
+
+def test_two_processes_train_in_sync_and_evaluate_exactly(digits, tmp_path):
+    overrides = digits_overrides(digits, tmp_path / "ddp", epochs=1)
+    output = run_tool("tools/train.py", "-c", QUICK_START,
+                      *sum((["-o", o] for o in overrides), []), nproc=2)
+    log = open(tmp_path / "ddp" / "MnasNet_B1_x0_5" / "train.log").read()
+    assert "2 replicas hold identical weights" in log
+    assert "2 process(es)" in log
+    best = tmp_path / "ddp" / "MnasNet_B1_x0_5" / "best_model"
+    eval_args = ["tools/eval.py", "-c", QUICK_START,
+                 *sum((["-o", o] for o in digits_overrides(digits, tmp_path / "e")), []),
+                 "-o", f"Global.pretrained_model={best}"]
+    single, _ = eval_top1(run_tool(*eval_args))
+    double, line = eval_top1(run_tool(*eval_args, nproc=2))
+    assert single == double == paddle.load(str(best) + ".pdstates")["metric"]
+    assert "/37" in line  # the odd-sized val list, each sample counted once
+
+
+UPSTREAM_SCHEMA = os.path.join(ROOT, "tests", "fixtures", "upstream_mobilenetv2_schema.yaml")
+
+
+def test_upstream_paddleclas_config_runs(digits, tmp_path):
+    """A config in upstream PaddleClas's ImageNet schema (its MobileNetV2 layout: 224 crops,
+    Momentum + Cosine, L2, CELoss, TopkAcc, DistributedBatchSampler) runs with Arch.name and
+    the data paths changed, plus the CPU device and a single short epoch for CI."""
+    overrides = [
+        "Arch.name=MnasNet_B1_x0_5",
+        f"DataLoader.Train.dataset.image_root={digits}",
+        f"DataLoader.Train.dataset.cls_label_path={digits}/val_odd.txt",
+        f"DataLoader.Eval.dataset.image_root={digits}",
+        f"DataLoader.Eval.dataset.cls_label_path={digits}/val_odd.txt",
+        "Global.device=cpu", "Global.epochs=1", f"Global.output_dir={tmp_path}",
+    ]
+    engine = Engine(get_config(UPSTREAM_SCHEMA, overrides), "train")
+    best = engine.train()
+    assert best["epoch"] == 1
+    assert (tmp_path / "MnasNet_B1_x0_5" / "latest.pdparams").is_file()
+
+
+def test_amp_on_cpu_warns_and_trains_in_float32(digits, tmp_path, capsys):
+    make_engine(digits, tmp_path / "fp32", epochs=1).train()
+    amp = make_engine(digits, tmp_path / "amp", epochs=1,
+                      extra=["AMP.use_amp=True", "AMP.level=O2"])
+    assert amp.amp is None
+    assert "AMP needs a GPU: training in float32" in capsys.readouterr().out
+    amp.train()
+    assert read_log_losses(tmp_path / "amp") == read_log_losses(tmp_path / "fp32")
+
+
+def test_to_static_training_matches_dygraph(digits, tmp_path):
+    make_engine(digits, tmp_path / "dy", epochs=1).train()
+    make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
+    np.testing.assert_allclose(read_log_losses(tmp_path / "st"), read_log_losses(tmp_path / "dy"),
+                               rtol=1e-3)
+
+
+def test_visualdl_writes_scalars(digits, tmp_path):
+    make_engine(digits, tmp_path, epochs=1, extra=["Global.use_visualdl=True"]).train()
+    records = list((tmp_path / "MnasNet_B1_x0_5" / "vdl").glob("vdlrecords.*"))
+    assert records and records[0].stat().st_size > 0
