@@ -2,8 +2,10 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import paddle
@@ -50,20 +52,40 @@ def test_same_seed_gives_identical_losses(digits, tmp_path):
     assert read_log_losses(tmp_path / "a") == read_log_losses(tmp_path / "b")
 
 
-def test_resume_from_latest_matches_uninterrupted_run(digits, tmp_path):
+def test_resume_after_a_killed_run_matches_uninterrupted_run(digits, tmp_path):
+    """Kill a 3-epoch run (SIGKILL) once its epoch-2 checkpoint exists, resume from latest:
+    the final weights and optimizer state equal those of an uninterrupted run."""
     make_engine(digits, tmp_path / "full", epochs=3).train()
-    make_engine(digits, tmp_path / "part", epochs=2).train()
-    latest = tmp_path / "part" / "MnasNet_B1_x0_5" / "latest"
-    resumed = make_engine(digits, tmp_path / "part", epochs=3, seed=999,  # seed comes from the checkpoint
-                          extra=[f"Global.checkpoints={latest}"])
-    assert (resumed.start_epoch, resumed.start_iter) == (3, 0)
+
+    out = tmp_path / "killed" / "MnasNet_B1_x0_5"
+    cmd = [sys.executable, "tools/train.py", "-c", QUICK_START,
+           *sum((["-o", o] for o in digits_overrides(digits, tmp_path / "killed", epochs=3)), [])]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="2"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "latest.pdstates").is_file() and \
+                paddle.load(str(out / "latest.pdstates"))["epoch"] == 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert paddle.load(str(out / "latest.pdstates"))["epoch"] == 2, "killed too late or too early"
+
+    resumed = make_engine(digits, tmp_path / "killed", epochs=3, seed=999,  # seed from checkpoint
+                          extra=[f"Global.checkpoints={out / 'latest'}"])
+    assert (resumed.start_epoch, resumed.start_iter, resumed.seed) == (3, 0, 7)
     resumed.train()
-    full = weights(str(tmp_path / "full" / "MnasNet_B1_x0_5" / "latest.pdparams"))
-    again = weights(str(latest) + ".pdparams")
+    full_dir = tmp_path / "full" / "MnasNet_B1_x0_5"
+    full, again = weights(str(full_dir / "latest.pdparams")), weights(str(out / "latest.pdparams"))
     for key in full:
         np.testing.assert_array_equal(full[key], again[key], err_msg=key)
-    opt_full = paddle.load(str(tmp_path / "full" / "MnasNet_B1_x0_5" / "latest.pdopt"))
-    opt_again = paddle.load(str(latest) + ".pdopt")
+    opt_full = paddle.load(str(full_dir / "latest.pdopt"))
+    opt_again = paddle.load(str(out / "latest.pdopt"))
+    assert opt_full.keys() == opt_again.keys()
+    for key in opt_full:
+        if key != "LR_Scheduler":
+            np.testing.assert_array_equal(opt_full[key].numpy(), opt_again[key].numpy(), key)
     assert opt_full["LR_Scheduler"] == opt_again["LR_Scheduler"]
 
 
@@ -79,9 +101,10 @@ def run_tool(*args, nproc=None):
 
 
 def eval_top1(output):
-    match = re.search(r"\[Eval\]\[Epoch 0\]\[Avg\].*top1: ([\d.]+).*top1 (\d+)/(\d+)", output)
-    assert match, output[-2000:]
-    return int(match.group(2)) / int(match.group(3)), match.group(0)
+    line = re.search(r"\[Eval\]\[Epoch 0\]\[Avg\].*", output)
+    assert line, output[-2000:]
+    correct, total = re.search(r"top1 (\d+)/(\d+)", line.group(0)).groups()
+    return int(correct) / int(total), line.group(0)
 
 
 @pytest.mark.parametrize("ema", [False, True], ids=["model", "ema"])

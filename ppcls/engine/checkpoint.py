@@ -19,11 +19,42 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def _rename_keys(state, renames):
+    """Rename optimizer-state keys `<old>_<accumulator>` (and master-weight keys `<old>`)."""
+    ordered = sorted(renames, key=len, reverse=True)  # longest first: conv2d_10 before conv2d_1
+
+    def rename(key):
+        if key in renames:
+            return renames[key]
+        for old in ordered:
+            if key.startswith(old + "_"):
+                return renames[old] + key[len(old):]
+        return key
+
+    return {rename(k) if k != "LR_Scheduler" else k:
+            _rename_keys(v, renames) if isinstance(v, dict) and k != "LR_Scheduler" else v
+            for k, v in state.items()}
+
+
+def _param_names(model):
+    """Paddle names parameters by creation order within a process (conv2d_104.w_0); the
+    model's structured names (blocks.0.0.dw.conv.weight) are stable across processes."""
+    return {param.name: name for name, param in model.named_parameters()}
+
+
+def optimizer_state_for_saving(optimizer, model):
+    return _rename_keys(optimizer.state_dict(), _param_names(model))
+
+
+def optimizer_state_for_loading(state, model):
+    return _rename_keys(state, {v: k for k, v in _param_names(model).items()})
+
+
 def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     atomic_save(model.state_dict(), prefix + ".pdparams")
     if optimizer is not None:
-        atomic_save(optimizer.state_dict(), prefix + ".pdopt")
+        atomic_save(optimizer_state_for_saving(optimizer, model), prefix + ".pdopt")
     if ema is not None:
         atomic_save(ema.state_dict(), prefix + ".pdema")
     atomic_save(dict(state or {}), prefix + ".pdstates")
@@ -56,7 +87,7 @@ def load_checkpoint(path, model, optimizer=None, ema=None):
     if optimizer is not None:
         if not os.path.isfile(prefix + ".pdopt"):
             raise WeightsError(f"{prefix}.pdopt is missing; cannot resume the optimizer")
-        optimizer.set_state_dict(paddle.load(prefix + ".pdopt"))
+        optimizer.set_state_dict(optimizer_state_for_loading(paddle.load(prefix + ".pdopt"), model))
     if ema is not None:
         if os.path.isfile(prefix + ".pdema"):
             ema.set_state_dict(read_state_dict(prefix + ".pdema"))
