@@ -206,6 +206,8 @@ class Engine:
             self._evaluate_and_save(epoch)
         logger.info("finished: best top-1 %.5f at epoch %d", self.best["metric"],
                     self.best["epoch"])
+        if self.vdl:
+            self.vdl.close()
         return self.best
 
     def _check_replicas_in_sync(self, epoch):

@@ -18,39 +18,39 @@ def one_hot(labels, class_num):
     return out
 
 
-def _beta(rng, alpha):
-    return rng.betavariate(alpha, alpha)
+class _PairMixer:
+    """Shared by Mixup and CutMix: a Beta(alpha, alpha) mixing weight and a partner per
+    sample, both drawn from the batch's rng."""
 
-
-def _permutation(rng, n):
-    order = list(range(n))
-    rng.shuffle(order)
-    return np.array(order)
-
-
-class MixupOperator:
-    def __init__(self, class_num, alpha=1.0):
+    def __init__(self, class_num, alpha):
         if alpha <= 0:
-            raise ConfigError(f"MixupOperator.alpha must be > 0, got {alpha}")
+            raise ConfigError(f"{type(self).__name__}.alpha must be > 0, got {alpha}")
         self.class_num, self.alpha = class_num, alpha
 
+    def draw(self, rng, n):
+        lam = rng.betavariate(self.alpha, self.alpha)
+        order = list(range(n))
+        rng.shuffle(order)
+        return lam, np.array(order)
+
+
+class MixupOperator(_PairMixer):
+    def __init__(self, class_num, alpha=1.0):
+        super().__init__(class_num, alpha)
+
     def __call__(self, images, labels, rng):
-        lam = _beta(rng, self.alpha)
-        perm = _permutation(rng, len(images))
+        lam, perm = self.draw(rng, len(images))
         targets = one_hot(labels, self.class_num)
         images = lam * images + (1 - lam) * images[perm]
         return images.astype(np.float32), lam * targets + (1 - lam) * targets[perm]
 
 
-class CutmixOperator:
+class CutmixOperator(_PairMixer):
     def __init__(self, class_num, alpha=0.2):
-        if alpha <= 0:
-            raise ConfigError(f"CutmixOperator.alpha must be > 0, got {alpha}")
-        self.class_num, self.alpha = class_num, alpha
+        super().__init__(class_num, alpha)
 
     def __call__(self, images, labels, rng):
-        lam = _beta(rng, self.alpha)
-        perm = _permutation(rng, len(images))
+        lam, perm = self.draw(rng, len(images))
         height, width = images.shape[2:]
         cut = math.sqrt(1.0 - lam)
         cut_h, cut_w = int(height * cut), int(width * cut)
