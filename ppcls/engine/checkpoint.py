@@ -7,8 +7,10 @@ import os
 
 import paddle
 
+from ppcls.utils import logger
 from ppcls.utils.errors import WeightsError
-from ppcls.utils.save_load import check_compatible, read_state_dict, resolve_params_path
+from ppcls.utils.save_load import (check_compatible, load_pretrained_weights, read_state_dict,
+                                   resolve_params_path)
 
 
 def atomic_save(obj, path):
@@ -94,3 +96,17 @@ def load_checkpoint(path, model, optimizer=None, ema=None):
         else:
             ema.set_state_dict(model.state_dict())
     return state
+
+
+def load_weights(model, path, prefer_ema=False):
+    """Weights for evaluation, export and inference: the EMA copy (`.pdema`) when the config
+    has EMA and the checkpoint saved one, else the model weights. Returns "EMA" or "model"."""
+    prefix = strip_params_suffix(path)
+    if prefer_ema and os.path.isfile(prefix + ".pdema"):
+        load_pretrained_weights(model, prefix + ".pdema", skip_mismatched_classifier=False)
+        return "EMA"
+    if prefer_ema:
+        logger.warning("EMA is configured but %s.pdema does not exist: using the model weights",
+                       prefix)
+    load_pretrained_weights(model, path, skip_mismatched_classifier=False)
+    return "model"

@@ -22,8 +22,8 @@ import paddle.distributed as dist
 
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
-from ppcls.engine.checkpoint import (load_checkpoint, read_states, save_checkpoint,
-                                     strip_params_suffix)
+from ppcls.engine.checkpoint import (load_checkpoint, load_weights, read_states,
+                                     save_checkpoint, strip_params_suffix)
 from ppcls.engine.ema import ModelEMA
 from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
@@ -63,6 +63,7 @@ class Engine:
         self.eval_loader = self._maybe_eval_loader()
         self.eval_loss = build_loss(config, "Eval")
         self.eval_metrics = build_metrics(config, "Eval")
+        self.weights_kind = "EMA" if self.ema else "model"  # what evaluate() reports
         if mode == "train":
             self._setup_training()
         elif self.g.get("pretrained_model"):
@@ -171,19 +172,9 @@ class Engine:
                     self.best["epoch"])
 
     def _load_eval_weights(self, path):
-        """Evaluate the weights training evaluated: the EMA copy when the config has EMA and
-        the checkpoint saved one (`.pdema`), else the model weights."""
-        prefix = strip_params_suffix(path)
-        if self.ema and os.path.isfile(prefix + ".pdema"):
-            load_pretrained_weights(self.ema.model, prefix + ".pdema",
-                                    skip_mismatched_classifier=False)
-            logger.info("evaluating the EMA weights %s.pdema", prefix)
-        else:
-            if self.ema:
-                logger.warning("EMA is configured but %s.pdema does not exist: evaluating "
-                               "the model weights", prefix)
-                self.ema = None
-            load_pretrained_weights(self.model, path, skip_mismatched_classifier=False)
+        """Evaluate the weights training evaluated (EMA when configured and saved)."""
+        self.weights_kind = load_weights(self.model, path, prefer_ema=self.ema is not None)
+        self.ema = None
 
     def _visualdl_writer(self):
         if not self.g["use_visualdl"] or self.rank != 0:
@@ -349,7 +340,7 @@ class Engine:
         exact = ", ".join(f"{k} {int(c)}/{seen}" for k, c in zip(keys, totals[1:]))
         logger.info("[Eval][Epoch %d][Avg]%s (%s correct, %s weights)", epoch,
                     ", ".join(f"{k}: {v:.5f}" for k, v in results.items()), exact,
-                    "EMA" if self.ema else "model")
+                    self.weights_kind)
         if self.mode == "train" and self.vdl:
             for key, value in results.items():
                 self.vdl.add_scalar(f"Eval/{key}", value, epoch)

@@ -54,7 +54,12 @@ class DecodeImage:
         self.to_rgb, self.channel_first = to_rgb, channel_first
 
     def __call__(self, data, rng=None):
-        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if not data:
+            raise ValueError("empty file, not a decodable image")
+        try:
+            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
         if img is None:
             raise ValueError("not a decodable image")
         if self.to_rgb:

@@ -1,0 +1,30 @@
+"""Export a trained model for Paddle Inference (dynamic batch, softmax output).
+
+    python tools/export_model.py -c CONFIG -o Global.pretrained_model=output/.../best_model \
+        -o Global.save_inference_dir=./inference
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.threads import set_default_threads  # noqa: E402
+
+set_default_threads()  # before Paddle is imported
+
+import paddle  # noqa: E402
+
+from ppcls.engine.export import export_inference_model  # noqa: E402
+from ppcls.utils.cli import run  # noqa: E402
+from ppcls.utils.config import get_config, parse_args  # noqa: E402
+
+
+def main(args):
+    config = get_config(args.config, args.override)
+    paddle.set_device("cpu")  # exporting needs no accelerator
+    model_file, params_file = export_inference_model(config, config["Global"]["save_inference_dir"])
+    print(f"exported {model_file} and {params_file}")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, parse_args(description="export an inference model")))

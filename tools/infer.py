@@ -1,0 +1,49 @@
+"""Predict images with a trained model in dygraph (one file or a whole folder).
+
+    python tools/infer.py -c CONFIG -o Infer.infer_imgs=demo/ -o Global.pretrained_model=... \
+        [-o Infer.save_path=results.json]
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.threads import set_default_threads  # noqa: E402
+
+set_default_threads()  # before Paddle is imported
+
+import paddle  # noqa: E402
+
+from ppcls.data.postprocess import build_postprocess  # noqa: E402
+from ppcls.engine.export import InferenceModel, build_inference_network  # noqa: E402
+from ppcls.inference import (Preprocessor, list_images, predict_files, print_results,  # noqa: E402
+                             save_results)
+from ppcls.utils.cli import run  # noqa: E402
+from ppcls.utils.config import get_config, parse_args  # noqa: E402
+from ppcls.utils.errors import ConfigError  # noqa: E402
+
+
+def main(args):
+    config = get_config(args.config, args.override)
+    infer = config.get("Infer") or {}
+    if not infer.get("infer_imgs"):
+        raise ConfigError("Infer.infer_imgs is not set: give an image or a folder, "
+                          "e.g. -o Infer.infer_imgs=demo/")
+    paddle.set_device(config["Global"]["device"])
+    model = InferenceModel(build_inference_network(config))
+
+    def run_batch(images):
+        with paddle.no_grad():
+            return model(paddle.to_tensor(images)).numpy()
+
+    results = predict_files(list_images(infer["infer_imgs"]),
+                            Preprocessor(infer.get("transforms"), "Infer.transforms"), run_batch,
+                            build_postprocess(infer.get("PostProcess"), "Infer.PostProcess"),
+                            int(infer.get("batch_size", 1)))
+    print_results(results)
+    if infer.get("save_path"):
+        save_results(results, infer["save_path"])
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, parse_args(description="predict images")))
