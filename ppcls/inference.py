@@ -13,7 +13,18 @@ import random
 import numpy as np
 
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
+from ppcls.engine.export import find_model_files
 from ppcls.utils.errors import ConfigError
+
+ONNX_FILE = "model.onnx"
+# PaddleClas's inference keys (accepted even where they have no effect here) and ours.
+DEPLOY_DEFAULTS = {
+    "infer_imgs": None, "inference_model_dir": None, "batch_size": 1, "backend": "paddle",
+    "use_gpu": False, "enable_mkldnn": True, "cpu_num_threads": 2, "benchmark": False,
+    "enable_benchmark": False, "use_fp16": False, "use_int8": False, "ir_optim": True,
+    "use_tensorrt": False, "gpu_mem": 8000, "enable_profile": False, "min_subgraph_size": 15,
+    "save_path": None, "save_log_path": None,
+}
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -93,3 +104,67 @@ def save_results(results, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
+
+
+# ----------------------------------------------------------------------------- backends
+# Each takes the deploy config's Global section and returns run_batch(images) -> probs.
+
+def paddle_runner(g):
+    """A function running one batch through Paddle Inference."""
+    from paddle import inference
+    import paddle
+
+    model_file, params_file = find_model_files(g["inference_model_dir"])
+    config = inference.Config(model_file, params_file)
+    if g["use_gpu"]:
+        if not paddle.is_compiled_with_cuda():
+            raise ConfigError("Global.use_gpu is True but this Paddle has no CUDA; set "
+                              "-o Global.use_gpu=False or install paddlepaddle-gpu")
+        config.enable_use_gpu(int(g["gpu_mem"]), 0)
+        if g["use_tensorrt"]:
+            precision = inference.PrecisionType.Half if g["use_fp16"] else inference.PrecisionType.Float32
+            config.enable_tensorrt_engine(precision_mode=precision, max_batch_size=int(g["batch_size"]),
+                                          min_subgraph_size=int(g["min_subgraph_size"]))
+    else:
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(int(g["cpu_num_threads"]))
+        if g["enable_mkldnn"]:
+            config.enable_mkldnn()
+            if g["use_fp16"]:
+                config.enable_mkldnn_bfloat16()
+    config.switch_ir_optim(bool(g["ir_optim"]))
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    input_handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    output_handle = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run_batch(images):
+        input_handle.reshape(images.shape)
+        input_handle.copy_from_cpu(images)
+        predictor.run()
+        return output_handle.copy_to_cpu()
+
+    return run_batch
+
+
+def onnxruntime_runner(g):
+    import onnxruntime
+
+    path = os.path.join(g["inference_model_dir"], ONNX_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} not found: create it with tools/export_onnx.py "
+                          f"--model_dir {g['inference_model_dir']}")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(g["cpu_num_threads"])
+    options.log_severity_level = 3  # paddle2onnx leaves unused initializers; not worth a warning
+    providers = (["CUDAExecutionProvider"] if g["use_gpu"] else []) + ["CPUExecutionProvider"]
+    session = onnxruntime.InferenceSession(path, options, providers=providers)
+    input_name = session.get_inputs()[0].name
+
+    def run_batch(images):
+        return session.run(None, {input_name: images})[0]
+
+    return run_batch
+
+
+RUNNERS = {"paddle": paddle_runner, "onnxruntime": onnxruntime_runner}

@@ -84,7 +84,7 @@ def test_predictor_agrees_with_dygraph(exported, tmp_path, backend, tolerance):
 
 @pytest.mark.parametrize("backend", ["paddle", "onnxruntime"])
 def test_exported_model_takes_batches_of_one_and_three(exported, backend):
-    g = {**predict_cls.GLOBAL_DEFAULTS, "inference_model_dir": str(exported["model_dir"])}
+    g = {**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(exported["model_dir"])}
     run_batch = predict_cls.RUNNERS[backend](g)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     three, one = run_batch(x), run_batch(x[:1])
@@ -115,7 +115,7 @@ def test_predictor_rejects_unknown_keys_and_incomplete_models(exported, tmp_path
     incomplete.mkdir()
     shutil.copy(exported["model_dir"] / "inference.pdiparams", incomplete)
     with pytest.raises(ConfigError, match="missing inference.json or inference.pdmodel"):
-        predict_cls.RUNNERS["paddle"]({**predict_cls.GLOBAL_DEFAULTS, "inference_model_dir": str(incomplete)})
+        predict_cls.RUNNERS["paddle"]({**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(incomplete)})
 
 
 def test_benchmark_prints_stage_timings(exported, tmp_path, capsys):
@@ -143,3 +143,18 @@ def test_export_uses_ema_weights_when_configured(digits, tmp_path):
         from ppcls.engine.export import build_inference_network
         net = build_inference_network(config)
         np.testing.assert_array_equal(net.fc.weight.numpy(), expected["fc.weight"].numpy())
+
+
+def test_benchmark_tool_writes_table_csv_and_plot(tmp_path):
+    from tools import benchmark
+
+    out = tmp_path / "bench"
+    assert benchmark.main(["--names", "MnasNet_small", "--size", "32", "--batch_sizes", "1", "2",
+                           "--threads", "1", "--warmup", "1", "--repeats", "2",
+                           "--out_dir", str(out)]) == 0
+    table = (out / "benchmark.md").read_text()
+    assert "| MnasNet_small | 2.03 |" in table and "onnxruntime b2 (ms)" in table
+    row = next(csv_row for csv_row in __import__("csv").DictReader(open(out / "benchmark.csv")))
+    assert float(row["paddle_b1_ms"]) > 0 and float(row["onnxruntime_b2_ms"]) > 0
+    assert float(row["published_top1"]) == 66.196
+    assert (out / "accuracy_vs_latency.png").stat().st_size > 1000

@@ -301,7 +301,7 @@ class Engine:
         if self.eval_loader is not None and epoch % g["eval_interval"] == 0 \
                 and epoch > g["start_eval_epoch"]:
             top1 = self.evaluate(epoch)["top1"]
-            if top1 > self.best["metric"]:
+            if top1 > self.best["metric"] or self.best["epoch"] == 0:  # first eval always saves
                 self.best = {"metric": top1, "epoch": epoch}
                 self.save("best_model", epoch, self.steps_per_epoch)
             logger.info("[Eval][Epoch %d][best metric: %.5f]", epoch, self.best["metric"])
