@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# TIPC: train -> eval -> export -> inference sweep, from a PaddleClas-format config.
+#   bash test_tipc/test_train_inference_python.sh CONFIG.txt MODE [MODEL_NAME]
+# MODE: lite_train_lite_infer | lite_train_whole_infer | whole_infer | whole_train_whole_infer.
+# MODEL_NAME (optional) sets Arch.name, so a config written by PaddleClas for its own models
+# runs with one of ours. Every command's outcome goes to
+# test_tipc/output/<model>/<mode>/results_python.log; the exit code is non-zero if any failed.
+set -o pipefail
+cd "$(dirname "$0")/.."
+source test_tipc/common_func.sh
+
+FILENAME=$1
+MODE=$2
+MODEL_OVERRIDE=${3:-}
+MODES="lite_train_lite_infer lite_train_whole_infer whole_infer whole_train_whole_infer"
+if [ ! -f "$FILENAME" ] || [[ " $MODES " != *" $MODE "* ]]; then
+    echo "usage: bash test_tipc/test_train_inference_python.sh CONFIG.txt {${MODES// /|}} [MODEL_NAME]" >&2
+    exit 2
+fi
+
+# ------------------------------------------------------------------ the config
+param() { tipc_value "$FILENAME" "$1" "$2"; }
+model_name=${MODEL_OVERRIDE:-$(param train_params model_name)}
+python_cmd=$(param train_params python)
+command -v "$python_cmd" > /dev/null 2>&1 || python_cmd=python
+gpu_list=$(param train_params gpu_list)
+autocast_list=$(param train_params "-o Global.auto_cast")
+epochs=$(value_for_mode "$(param train_params "-o Global.epochs")" "$MODE")
+batch_size=$(value_for_mode "$(param train_params "-o DataLoader.Train.sampler.batch_size")" "$MODE")
+train_pretrained=$(param train_params "-o Global.pretrained_model")
+trainer_list=$(param train_params trainer)
+norm_train=$(param train_params norm_train)
+to_static_args=$(param train_params to_static_train)
+eval_cmd=$(param eval_params eval)
+norm_export=$(param infer_params norm_export)
+pretrained_url=$(param infer_params pretrained_model_url)
+inference_cmd=$(param infer_params inference)
+use_gpu_list=$(param infer_params "-o Global.use_gpu")
+mkldnn_list=$(param infer_params "-o Global.enable_mkldnn")
+threads_list=$(param infer_params "-o Global.cpu_num_threads")
+infer_batch_list=$(param infer_params "-o Global.batch_size")
+trt_list=$(param infer_params "-o Global.use_tensorrt")
+fp16_list=$(param infer_params "-o Global.use_fp16")
+benchmark=$(param infer_params "-o Global.benchmark")
+
+LOG_PATH="test_tipc/output/${model_name}/${MODE}"
+mkdir -p "$LOG_PATH"
+status_log="${LOG_PATH}/results_python.log"
+: > "$status_log"
+data_dir=$(data_dir_for "$MODE")
+if [ ! -f "${data_dir}/train_list.txt" ]; then
+    echo "no data in ${data_dir}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
+    exit 2
+fi
+arch_override=${MODEL_OVERRIDE:+-o Arch.name=${MODEL_OVERRIDE}}
+GPU_AVAILABLE=0
+has_gpu && GPU_AVAILABLE=1
+failures=0
+
+# run NAME COMMAND: run it with its output in LOG_PATH/NAME.log and record the outcome
+run() {
+    local name=$1 command
+    command=$(tr -s ' ' <<< "$2")
+    echo "+ ${command}" > "${LOG_PATH}/${name}.log"
+    eval "$command" >> "${LOG_PATH}/${name}.log" 2>&1
+    local code=$?
+    status_check $code "$command" "$status_log" "$model_name" "${LOG_PATH}/${name}.log"
+    [ $code -eq 0 ] || failures=$((failures + 1))
+    return $code
+}
+
+# ------------------------------------------------------------ inference sweep
+# infer_sweep MODEL_DIR RUN_NAME: the predictor over the config's settings; GPU-only ones are
+# skipped. RUN_NAME keeps the logs of different trainings apart.
+infer_sweep() {
+    local model_dir=$1 run_name=$2 use_gpu mkldnn threads batch trt fp16 command tag
+    for use_gpu in ${use_gpu_list//|/ }; do
+        if [ "$use_gpu" = "True" ] && [ $GPU_AVAILABLE -eq 0 ]; then
+            skipped "use_gpu=True needs a GPU" "${inference_cmd} -o Global.use_gpu=True" "$status_log" "$model_name"
+            continue
+        fi
+        for batch in ${infer_batch_list//|/ }; do
+            if [ "$use_gpu" = "True" ]; then
+                for trt in ${trt_list//|/ }; do
+                    for fp16 in ${fp16_list//|/ }; do
+                        if [ "$trt" = "False" ] && [ "$fp16" = "True" ]; then continue; fi
+                        tag="${run_name}_gpu_trt_${trt}_fp16_${fp16}_batchsize_${batch}"
+                        command="${python_cmd} deploy/${inference_cmd/-c /-c deploy/} -o Global.use_gpu=True -o Global.use_tensorrt=${trt} -o Global.use_fp16=${fp16} -o Global.batch_size=${batch} -o Global.inference_model_dir=${model_dir} -o Global.infer_imgs=${data_dir}/val $(set_param -o\ Global.benchmark "$benchmark")"
+                        run "infer_${tag}" "$command"
+                    done
+                done
+                continue
+            fi
+            for mkldnn in ${mkldnn_list//|/ }; do
+                for threads in ${threads_list//|/ }; do
+                    tag="${run_name}_cpu_usemkldnn_${mkldnn}_threads_${threads}_batchsize_${batch}"
+                    command="${python_cmd} deploy/${inference_cmd/-c /-c deploy/} -o Global.use_gpu=False -o Global.enable_mkldnn=${mkldnn} -o Global.cpu_num_threads=${threads} -o Global.batch_size=${batch} -o Global.inference_model_dir=${model_dir} -o Global.infer_imgs=${data_dir}/val -o Global.save_path=${LOG_PATH}/infer_${tag}.json $(set_param -o\ Global.benchmark "$benchmark")"
+                    run "infer_${tag}" "$command"
+                done
+            done
+            if [[ "$fp16_list" == *True* ]]; then
+                skipped "use_fp16=True runs on GPUs here" "${inference_cmd} -o Global.use_fp16=True -o Global.batch_size=${batch}" "$status_log" "$model_name"
+            fi
+        done
+    done
+}
+
+# export_and_infer WEIGHTS OUT_DIR
+export_and_infer() {
+    local weights=$1 out=$2
+    run "export_$(basename "$out")" "${python_cmd} ${norm_export} -o Global.device=cpu -o Global.pretrained_model=${weights} -o Global.save_inference_dir=${out}/inference ${arch_override}" \
+        && infer_sweep "${out}/inference" "$(basename "$out")"
+}
+
+# ------------------------------------------------------------------ the chain
+if [ "$MODE" = "whole_infer" ]; then
+    if [ -n "$pretrained_url" ] && [ -f "${pretrained_url%.pdparams}.pdparams" ]; then
+        weights=${pretrained_url%.pdparams}
+    else
+        weights=$(ls test_tipc/data/pretrained/"${model_name}"/*/latest.pdparams 2> /dev/null | head -n 1)
+        weights=${weights%.pdparams}
+    fi
+    if [ -z "$weights" ]; then
+        echo "whole_infer needs weights: run bash test_tipc/prepare.sh ${FILENAME} whole_infer first" >&2
+        exit 2
+    fi
+    export_and_infer "$weights" "${LOG_PATH}/whole_infer"
+else
+    for gpu in ${gpu_list//|/ }; do
+        nproc=$(( $(tr -cd ',' <<< "$gpu" | wc -c) + 1 ))
+        if [ "$gpu" = "-1" ] || [ $GPU_AVAILABLE -eq 0 ]; then
+            device=cpu
+            launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --nproc_per_node ${nproc}")
+        else
+            device=gpu
+            launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --gpus=${gpu}")
+        fi
+        for autocast in ${autocast_list//|/ }; do
+            if [ "$autocast" = "amp" ] && [ "$device" = "cpu" ]; then
+                skipped "AMP needs a GPU" "${norm_train} -o AMP.use_amp=True" "$status_log" "$model_name"
+                continue
+            fi
+            amp_args=$([ "$autocast" = "amp" ] && echo "-o AMP.use_amp=True -o AMP.level=O1")
+            for trainer in ${trainer_list//|/ }; do
+                extra=""
+                if [ "$trainer" = "to_static_train" ]; then extra=$to_static_args; fi
+                if [ "$trainer" != "norm_train" ] && [ "$trainer" != "to_static_train" ]; then
+                    skipped "trainer ${trainer} is not provided" "$trainer" "$status_log" "$model_name"
+                    continue
+                fi
+                out="${LOG_PATH}/${trainer}_gpus_${gpu//,/-}_autocast_${autocast}"
+                run "train_$(basename "$out")" "${python_cmd} ${launcher:+$launcher --log_dir ${out}/dist_log} ${norm_train} ${extra} ${amp_args} -o Global.device=${device} -o Global.epochs=${epochs} -o Global.output_dir=${out} $(set_param -o\ DataLoader.Train.sampler.batch_size "$batch_size") $(set_param -o\ Global.pretrained_model "$train_pretrained") $(data_overrides "$data_dir") ${arch_override}" || continue
+                weights="${out}/${model_name}/latest"
+                run "eval_$(basename "$out")" "${python_cmd} ${eval_cmd} -o Global.device=cpu -o Global.pretrained_model=${weights} $(data_overrides "$data_dir") ${arch_override}"
+                export_and_infer "$weights" "$out"
+            done
+        done
+    done
+fi
+
+echo "results: ${status_log} ($(grep -c 'Run successfully' "$status_log") succeeded, ${failures} failed)"
+[ $failures -eq 0 ]

@@ -1,0 +1,70 @@
+"""The TIPC scripts: outcome lines, exit codes, and PaddleClas-written configs."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+B1_X0_5 = os.path.join(ROOT, "test_tipc", "config", "MnasNet", "MnasNet_B1_x0_5_train_infer_python.txt")
+
+
+def small_config(tmp_path, text, name):
+    """The B1 x0.5 config cut down to one process, one trainer and one inference setting."""
+    text = (text.replace("gpu_list:0|0,1", "gpu_list:0")
+                .replace("trainer:norm_train|to_static_train", "trainer:norm_train")
+                .replace("-o Global.use_gpu:True|False", "-o Global.use_gpu:False")
+                .replace("-o Global.enable_mkldnn:True|False", "-o Global.enable_mkldnn:True")
+                .replace("-o Global.cpu_num_threads:1|2", "-o Global.cpu_num_threads:2")
+                .replace("-o Global.batch_size:1|2", "-o Global.batch_size:2")
+                .replace("lite_train_lite_infer=2|", "lite_train_lite_infer=1|"))
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def bash(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def lite_data():
+    proc = bash("test_tipc/prepare.sh", B1_X0_5, "lite_train_lite_infer")
+    assert proc.returncode == 0, proc.stderr
+
+
+def results(model, mode="lite_train_lite_infer"):
+    return open(os.path.join(ROOT, "test_tipc", "output", model, mode, "results_python.log")).read()
+
+
+def test_a_broken_command_is_reported_failed_with_nonzero_exit(lite_data, tmp_path):
+    text = open(B1_X0_5).read().replace("-o Global.seed=1234", "-o Global.seeed=1234")
+    text = text.replace("model_name:MnasNet_B1_x0_5", "model_name:tipc_broken_check")
+    config = small_config(tmp_path, text, "broken.txt")
+    proc = bash("test_tipc/test_train_inference_python.sh", config, "lite_train_lite_infer",
+                "MnasNet_B1_x0_5")
+    assert proc.returncode != 0
+    log = results("MnasNet_B1_x0_5")
+    assert " Run failed with command - MnasNet_B1_x0_5 - python tools/train.py" in log
+    assert "Global.seeed" in log and "Run successfully" not in log
+    assert "unknown key Global.seeed" in proc.stdout  # the failing command's own message
+
+
+def test_paddleclas_written_config_runs_with_our_model_name(lite_data, tmp_path):
+    """A TIPC config in PaddleClas's format for its MobileNetV2 (the YAML here is in the
+    upstream schema) runs the whole chain with MnasNet_B1_x0_5 given as the model name."""
+    upstream_yaml = "tests/fixtures/upstream_mobilenetv2_schema.yaml"
+    text = open(B1_X0_5).read().replace("configs/ImageNet/MnasNet/MnasNet_B1_x0_5.yaml", upstream_yaml)
+    text = text.replace("model_name:MnasNet_B1_x0_5", "model_name:MobileNetV2")
+    config = small_config(tmp_path, text, "MobileNetV2_train_infer_python.txt")
+    proc = bash("test_tipc/test_train_inference_python.sh", config, "lite_train_lite_infer",
+                "MnasNet_B1_x0_5")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = results("MnasNet_B1_x0_5")
+    lines = [line for line in log.splitlines() if line.startswith(" Run ")]
+    assert len(lines) == 4 and all(" Run successfully" in line for line in lines)  # train, eval, export, infer
+    assert all("-o Arch.name=MnasNet_B1_x0_5" in line for line in lines[:3])
+    assert "Skipped (use_fp16=True runs on GPUs here)" in log
