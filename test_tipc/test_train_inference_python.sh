@@ -158,5 +158,6 @@ else
     done
 fi
 
-echo "results: ${status_log} ($(grep -c 'Run successfully' "$status_log") succeeded, ${failures} failed)"
+echo "results: ${status_log}"
+echo "TIPC: $(grep -c 'Run successfully' "$status_log") passed, ${failures} failed"
 [ $failures -eq 0 ]
