@@ -79,8 +79,28 @@ def test_every_config_builds_without_data(path):
                     injected={"class_num": 1000})
         assert build_loss(config, mode) is not None
         assert build_metrics(config, mode)
-    optimizer, lr = build_optimizer(config, config["Global"]["epochs"], 100, model.parameters())
+    optimizer, lr = build_optimizer(config, config["Global"]["epochs"], 100,
+                                model.named_parameters())
     assert lr() > 0 or config["Optimizer"]["lr"].get("warmup_epoch", 0) > 0
     for _ in range(250):
         lr.step()
     assert lr() >= 0
+
+
+@pytest.mark.parametrize("name", ["Momentum", "AdamW"])
+def test_no_weight_decay_name_matches_structured_names(name):
+    model = build_model({"Arch": {"name": "MnasNet_small", "class_num": 10}})
+    spec = {"name": name, "lr": {"name": "Constant", "learning_rate": 0.1},
+            "no_weight_decay_name": ".bn. fc.bias"}
+    spec.update({"regularizer": {"name": "L2", "coeff": 1e-4}} if name == "Momentum"
+                else {"weight_decay": 0.05})
+    optimizer, _ = build_optimizer({"Optimizer": spec}, 1, 10, model.named_parameters())
+    expected = {p.name for n, p in model.named_parameters()
+                if not p.stop_gradient and (".bn." in n or n == "fc.bias")}
+    assert len(expected) > 40
+    if name == "Momentum":
+        groups = optimizer._param_groups
+        assert {p.name for p in groups[1]["params"]} == expected
+    else:
+        decayed = {p.name for p in model.parameters() if optimizer._apply_decay_param_fun(p.name)}
+        assert not decayed & expected and decayed

@@ -131,7 +131,7 @@ class Engine:
             raise ConfigError("the training set is smaller than one batch with drop_last: "
                               "lower DataLoader.Train.sampler.batch_size")
         self.optimizer, self.lr = build_optimizer(
-            self.config, self.g["epochs"], self.steps_per_epoch, self.model.parameters(),
+            self.config, self.g["epochs"], self.steps_per_epoch, self.model.named_parameters(),
             multi_precision=bool(self.amp and self.amp["level"] == "O2"))
         self.scaler = None
         if self.amp:

@@ -20,26 +20,28 @@ from ppcls.utils.errors import ConfigError
 from ppcls.utils.factory import create, split_spec
 
 
-def _param_groups(parameters, weight_decay, no_weight_decay_name, one_dim_no_decay):
-    """Split parameters into decayed and non-decayed groups by name substring and rank."""
-    skip_names = (no_weight_decay_name or "").split()
+def _split_by_decay(named_parameters, no_weight_decay_name, one_dim_no_decay):
+    """(decayed, not decayed) trainable parameters. `no_weight_decay_name` holds
+    space-separated substrings of the structured names (e.g. "bn fc.bias"), as in PaddleClas."""
+    skip = (no_weight_decay_name or "").split()
     decay, no_decay = [], []
-    for param in parameters:
+    for name, param in named_parameters:
         if param.stop_gradient:
             continue
-        excluded = any(s in param.name for s in skip_names) or (
-            one_dim_no_decay and len(param.shape) == 1)
+        excluded = any(s in name for s in skip) or (one_dim_no_decay and len(param.shape) == 1)
         (no_decay if excluded else decay).append(param)
-    if not no_decay:
-        return decay
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return decay, no_decay
+
+
+def _param_groups(named_parameters, no_weight_decay_name, one_dim_no_decay):
+    decay, no_decay = _split_by_decay(named_parameters, no_weight_decay_name, one_dim_no_decay)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}] if no_decay else decay
 
 
 def _momentum(learning_rate, parameters, weight_decay, grad_clip, multi_precision,
               momentum: float = 0.9, use_nesterov: bool = False, no_weight_decay_name: str = "",
               one_dim_param_no_weight_decay: bool = False):
-    params = _param_groups(parameters, weight_decay, no_weight_decay_name,
-                           one_dim_param_no_weight_decay)
+    params = _param_groups(parameters, no_weight_decay_name, one_dim_param_no_weight_decay)
     return paddle.optimizer.Momentum(learning_rate, momentum, parameters=params,
                                      use_nesterov=use_nesterov, weight_decay=weight_decay,
                                      grad_clip=grad_clip, multi_precision=multi_precision)
@@ -49,8 +51,7 @@ def _rmsprop(learning_rate, parameters, weight_decay, grad_clip, multi_precision
              rho: float = 0.95, epsilon: float = 1e-6, momentum: float = 0.0,
              centered: bool = False, no_weight_decay_name: str = "",
              one_dim_param_no_weight_decay: bool = False):
-    params = _param_groups(parameters, weight_decay, no_weight_decay_name,
-                           one_dim_param_no_weight_decay)
+    params = _param_groups(parameters, no_weight_decay_name, one_dim_param_no_weight_decay)
     return paddle.optimizer.RMSProp(learning_rate, rho=rho, epsilon=epsilon, momentum=momentum,
                                     centered=centered, parameters=params,
                                     weight_decay=weight_decay, grad_clip=grad_clip)
@@ -62,12 +63,12 @@ def _adamw(learning_rate, parameters, weight_decay, grad_clip, multi_precision,
     # AdamW's decay is decoupled: `weight_decay` is a coefficient, not a regularizer.
     coeff = weight_decay._coeff if isinstance(weight_decay, paddle.regularizer.L2Decay) else (
         weight_decay or 0.0)
-    skip_names = (no_weight_decay_name or "").split()
-    decayed = {p.name for p in parameters if not (
-        any(s in p.name for s in skip_names) or (one_dim_param_no_weight_decay and len(p.shape) == 1))}
+    decay, no_decay = _split_by_decay(parameters, no_weight_decay_name,
+                                      one_dim_param_no_weight_decay)
+    decayed = {p.name for p in decay}  # Paddle asks by its own parameter names
     return paddle.optimizer.AdamW(learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
-                                  parameters=[p for p in parameters if not p.stop_gradient],
-                                  weight_decay=coeff, grad_clip=grad_clip,
+                                  parameters=decay + no_decay, weight_decay=coeff,
+                                  grad_clip=grad_clip,
                                   apply_decay_param_fun=lambda name: name in decayed,
                                   multi_precision=multi_precision)
 
@@ -108,8 +109,8 @@ def _grad_clip(clip_norm, clip_global_norm):
     return None
 
 
-def build_optimizer(config, epochs, step_each_epoch, parameters, multi_precision=False):
-    """Returns (optimizer, lr scheduler)."""
+def build_optimizer(config, epochs, step_each_epoch, named_parameters, multi_precision=False):
+    """Returns (optimizer, lr scheduler). `named_parameters`: the model's named_parameters()."""
     spec = copy.deepcopy(config.get("Optimizer"))
     if not spec or "name" not in spec:
         raise ConfigError("Optimizer.name is missing; e.g. 'Optimizer: {name: Momentum, ...}'")
@@ -121,6 +122,6 @@ def build_optimizer(config, epochs, step_each_epoch, parameters, multi_precision
     name, args = split_spec(spec, "Optimizer")
     args.pop("multi_precision", None)
     optimizer = create(OPTIMIZERS, name, args, "Optimizer", kind="optimizer", injected={
-        "learning_rate": lr, "parameters": list(parameters), "weight_decay": weight_decay,
+        "learning_rate": lr, "parameters": list(named_parameters), "weight_decay": weight_decay,
         "grad_clip": grad_clip, "multi_precision": multi_precision})
     return optimizer, lr
