@@ -63,7 +63,7 @@ class DistributedBatchSampler:
 class BatchSampler(DistributedBatchSampler):
     """Single-process sampler (PaddleClas's `BatchSampler` name): one replica."""
 
-    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0, pad=True):
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0):
         super().__init__(dataset, batch_size, shuffle, drop_last, seed, pad=False,
                          num_replicas=1, rank=0)
 

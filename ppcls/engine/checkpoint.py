@@ -33,9 +33,15 @@ def _rename_keys(state, renames):
                 return renames[old] + key[len(old):]
         return key
 
-    return {rename(k) if k != "LR_Scheduler" else k:
-            _rename_keys(v, renames) if isinstance(v, dict) and k != "LR_Scheduler" else v
-            for k, v in state.items()}
+    renamed = {}
+    for key, value in state.items():
+        if key == "LR_Scheduler":  # the schedule's own state, not per parameter
+            renamed[key] = value
+        elif isinstance(value, dict):  # master weights, keyed by parameter name
+            renamed[key] = _rename_keys(value, renames)
+        else:
+            renamed[rename(key)] = value
+    return renamed
 
 
 def _param_names(model):
