@@ -130,10 +130,10 @@ else
         nproc=$(( $(tr -cd ',' <<< "$gpu" | wc -c) + 1 ))
         if [ "$gpu" = "-1" ] || [ $GPU_AVAILABLE -eq 0 ]; then
             device=cpu
-            launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --nproc_per_node ${nproc}")
+            launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${LOG_PATH}/launch --nproc_per_node ${nproc}")
         else
             device=gpu
-            launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --gpus=${gpu}")
+            launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${LOG_PATH}/launch --gpus=${gpu}")
         fi
         for autocast in ${autocast_list//|/ }; do
             if [ "$autocast" = "amp" ] && [ "$device" = "cpu" ]; then
