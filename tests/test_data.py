@@ -122,26 +122,11 @@ def test_batch_size_zero_is_refused():
         DistributedBatchSampler(_Sized(5), 0)
 
 
-def _write_list(tmp_path, lines):
-    path = tmp_path / "list.txt"
-    path.write_text("".join(f"{line}\n" for line in lines))
-    return str(path)
-
-
 def test_dataset_gives_chw_images_deterministically(digits):
     dataset = ImageNetDataset(str(digits), str(digits / "val_odd.txt"), [
         {"DecodeImage": {"to_rgb": True}}, {"RandCropImage": {"size": 24}},
         {"NormalizeImage": {"order": ""}}])
-    img, label, _ = dataset[(3, 1234)]
-    again, _, _ = dataset[(3, 1234)]
-    assert img.shape == (3, 24, 24) and 0 <= label < 10
+    img, label, _, problem = dataset[(3, 1234)]
+    again, _, _, _ = dataset[(3, 1234)]
+    assert img.shape == (3, 24, 24) and 0 <= label < 10 and problem is None
     np.testing.assert_array_equal(img, again)
-
-
-def test_list_file_errors_name_the_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"list.txt:2: label 'x' is not an integer"):
-        ImageNetDataset(str(tmp_path), _write_list(tmp_path, ["a.png 1", "b.png x"]))
-    with pytest.raises(ConfigError, match=r"list.txt:1: expected 'path label'"):
-        ImageNetDataset(str(tmp_path), _write_list(tmp_path, ["a.png"]))
-    with pytest.raises(ConfigError, match="label list not found"):
-        ImageNetDataset(str(tmp_path), str(tmp_path / "missing.txt"))

@@ -39,6 +39,8 @@ GLOBAL_SCHEMA = {
     "device": ((str,), "gpu"),
     "class_num": ((int, NoneType), None),
     "save_interval": ((int,), 1),
+    # Also write `latest` every this many iterations inside an epoch (0: epoch ends only).
+    "save_latest_steps": ((int,), 1000),
     "eval_during_train": ((bool,), True),
     "eval_interval": ((int,), 1),
     "start_eval_epoch": ((int,), 0),
@@ -82,6 +84,13 @@ def is_instance(value, types):
     return isinstance(value, types)
 
 
+def _one_line(err):
+    """A YAML error on one line (its own text spans several, with a caret diagram)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + str(getattr(err, "problem", None) or err).strip()
+
+
 def parse_override(text):
     """'Global.epochs=3' -> (['Global', 'epochs'], 3). Values are YAML scalars or lists."""
     if "=" not in text:
@@ -93,7 +102,8 @@ def parse_override(text):
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({err})") from None
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML "
+                          f"({_one_line(err)})") from None
     return path, value
 
 
@@ -155,7 +165,7 @@ def load_yaml(path):
         try:
             return yaml_load(f) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
 
 
 def get_config(path, overrides=()):

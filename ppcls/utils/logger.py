@@ -12,13 +12,21 @@ def _rank():
     return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to the current sys.stdout, which pytest and notebooks replace."""
+
+    def emit(self, record):
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def setup(log_file=None, level=logging.INFO):
     """Send log lines to the console (and `log_file`) on rank 0; other ranks log errors only."""
     _logger.handlers.clear()
     _logger.propagate = False
     _logger.setLevel(level if _rank() == 0 else logging.ERROR)
     formatter = logging.Formatter(_FORMAT, datefmt="%Y/%m/%d %H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    console = _ConsoleHandler()
     console.setFormatter(formatter)
     _logger.addHandler(console)
     if log_file and _rank() == 0:
