@@ -1,9 +1,21 @@
 """Checkpoints in PaddleClas's layout: `<prefix>.pdparams` (model), `.pdopt` (optimizer),
 `.pdema` (EMA weights, when EMA is on) and `.pdstates` (epoch, iteration, metrics, schedule,
-seed). Each file is written to a temporary name and renamed into place, and `.pdstates`
-is written last, so a reader never sees a half-written file."""
+seed, and the size and SHA-256 of the other files).
 
+A save must never leave a checkpoint that cannot be resumed, wherever it is interrupted
+(a crash, SIGKILL, a full disk). Renaming one file is atomic but renaming four is not, so:
+  1. every part is written to a temporary file and flushed to disk;
+  2. if `<prefix>` is complete, its files are hard-linked to `<dir>/.<name>.previous.*`;
+  3. the parts are renamed into place, `.pdstates` last;
+  4. the `.previous` links are removed.
+A reader checks the parts against the manifest in `.pdstates`; if they do not match (the
+save stopped in step 3) it uses the `.previous` copy, which step 2 left complete.
+"""
+
+import glob
+import hashlib
 import os
+import shutil
 
 import paddle
 
@@ -12,13 +24,122 @@ from ppcls.utils.errors import WeightsError
 from ppcls.utils.save_load import (check_compatible, load_pretrained_weights, read_state_dict,
                                    resolve_params_path)
 
+PARTS = (".pdparams", ".pdopt", ".pdema", ".pdstates")  # .pdstates, the manifest, last
 
-def atomic_save(obj, path):
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_flushed(obj, path):
+    """paddle.save to a temporary name beside `path`, on disk before returning it."""
     tmp = f"{path}.tmp{os.getpid()}"
     paddle.save(obj, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def previous_prefix(prefix):
+    directory, name = os.path.split(prefix)
+    return os.path.join(directory, f".{name}.previous")
+
+
+def _remove_parts(prefix, parts=PARTS):
+    for ext in parts:
+        if os.path.lexists(prefix + ext):
+            os.remove(prefix + ext)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(src, dst)
+
+
+def is_complete(prefix):
+    """True when `<prefix>.pdstates` reads and every part it lists matches its manifest.
+    Checkpoints written before manifests existed are trusted if their `.pdparams` exists."""
+    try:
+        state = paddle.load(prefix + ".pdstates")
+    except Exception:  # noqa: BLE001 - missing or truncated: not complete
+        return False
+    manifest = state.get("files") if isinstance(state, dict) else None
+    if manifest is None:
+        return os.path.isfile(prefix + ".pdparams")
+    for ext, (size, digest) in manifest.items():
+        path = prefix + ext
+        if not os.path.isfile(path) or os.path.getsize(path) != size or _sha256(path) != digest:
+            return False
+    return True
+
+
+def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
+    """Write a checkpoint so that `prefix` or its `.previous` copy is always complete."""
+    directory = os.path.dirname(prefix) or "."
+    os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(glob.escape(prefix) + ".*.tmp*"):  # from a save that crashed
+        os.remove(stale)
+    parts = {".pdparams": model.state_dict()}
+    if optimizer is not None:
+        parts[".pdopt"] = optimizer_state_for_saving(optimizer, model)
+    if ema is not None:
+        parts[".pdema"] = ema.state_dict()
+    staged = {ext: _write_flushed(obj, prefix + ext) for ext, obj in parts.items()}
+    manifest = {ext: (os.path.getsize(tmp), _sha256(tmp)) for ext, tmp in staged.items()}
+    staged[".pdstates"] = _write_flushed(dict(state or {}, files=manifest), prefix + ".pdstates")
+
+    previous = previous_prefix(prefix)
+    if is_complete(prefix):  # else keep the .previous copy an interrupted save left
+        _remove_parts(previous)
+        for ext in PARTS:
+            if os.path.isfile(prefix + ext):
+                _link_or_copy(prefix + ext, previous + ext)
+        _fsync_dir(directory)
+    for ext in PARTS:
+        if ext in staged:
+            os.replace(staged[ext], prefix + ext)
+    _fsync_dir(directory)
+    _remove_parts(prefix, [ext for ext in PARTS if ext not in staged])  # e.g. an old .pdema
+    _remove_parts(previous)
+
+
+def strip_params_suffix(path):
+    path = str(path)
+    return path[: -len(".pdparams")] if path.endswith(".pdparams") else path
+
+
+def find_checkpoint(path):
+    """The prefix of a complete training checkpoint at `path` (with or without .pdparams):
+    the checkpoint itself, or the copy kept while a save to it was interrupted."""
+    prefix = strip_params_suffix(path)
+    if is_complete(prefix):
+        return prefix
+    previous = previous_prefix(prefix)
+    if is_complete(previous):
+        logger.warning("%s was being written when training stopped; resuming from the copy "
+                       "of its previous version, %s", prefix, previous)
+        return previous
+    if not os.path.isfile(prefix + ".pdparams") and not os.path.isfile(prefix + ".pdstates"):
+        resolve_params_path(prefix)  # raises "weights file not found", naming the path
+    if not os.path.isfile(prefix + ".pdstates"):
+        raise WeightsError(f"{prefix}.pdstates is missing: {prefix} is not a training "
+                           "checkpoint (use Global.pretrained_model to load bare weights)")
+    raise WeightsError(f"{prefix} is incomplete or corrupt (its files do not match "
+                       f"{prefix}.pdstates) and no complete previous copy exists")
 
 
 def _rename_keys(state, renames):
@@ -58,38 +179,14 @@ def optimizer_state_for_loading(state, model):
     return _rename_keys(state, {v: k for k, v in _param_names(model).items()})
 
 
-def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
-    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    atomic_save(model.state_dict(), prefix + ".pdparams")
-    if optimizer is not None:
-        atomic_save(optimizer_state_for_saving(optimizer, model), prefix + ".pdopt")
-    if ema is not None:
-        atomic_save(ema.state_dict(), prefix + ".pdema")
-    atomic_save(dict(state or {}), prefix + ".pdstates")
-
-
-def strip_params_suffix(path):
-    path = resolve_params_path(path)
-    return path[: -len(".pdparams")] if path.endswith(".pdparams") else path
-
-
 def read_states(prefix):
-    path = prefix + ".pdstates"
-    if not os.path.isfile(path):
-        return None
-    try:
-        return paddle.load(path)
-    except Exception as err:
-        raise WeightsError(f"cannot read {path}: truncated or corrupt ({err})") from None
+    return paddle.load(prefix + ".pdstates")
 
 
-def load_checkpoint(path, model, optimizer=None, ema=None):
-    """Restore everything a checkpoint holds; returns its `.pdstates` dict."""
-    prefix = strip_params_suffix(path)
+def load_checkpoint(prefix, model, optimizer=None, ema=None):
+    """Restore everything the complete checkpoint at `prefix` (see `find_checkpoint`) holds;
+    returns its `.pdstates` dict."""
     state = read_states(prefix)
-    if state is None:
-        raise WeightsError(f"{prefix}.pdstates is missing: {prefix} is not a training "
-                           "checkpoint (use Global.pretrained_model to load bare weights)")
     weights = read_state_dict(prefix + ".pdparams")
     model.set_state_dict(check_compatible(model, weights, prefix + ".pdparams"))
     if optimizer is not None:

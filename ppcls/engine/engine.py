@@ -9,11 +9,18 @@ Randomness: the seed (Global.seed, or drawn once and stored in every checkpoint)
 weight initialisation, the data order and augmentation (through the sampler) and dropout
 (re-seeded every iteration from seed, epoch and iteration). A run resumed from a checkpoint
 therefore continues exactly as the uninterrupted run would have.
+
+Failures: `latest` is saved at every epoch end and every `Global.save_latest_steps`
+iterations, and on SIGINT/SIGTERM after the current iteration; a NaN or infinite loss
+stops training before anything is saved; in multi-process runs the ranks agree on stopping
+every iteration, and a watchdog reports a worker that dies (see peer_watchdog.py).
 """
 
+import contextlib
 import datetime
 import math
 import os
+import signal
 import time
 
 import numpy as np
@@ -22,20 +29,27 @@ import paddle.distributed as dist
 
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
-from ppcls.engine.checkpoint import (load_checkpoint, load_weights, read_states,
-                                     save_checkpoint, strip_params_suffix)
+from ppcls.engine.checkpoint import (find_checkpoint, load_checkpoint, load_weights,
+                                     read_states, save_checkpoint)
 from ppcls.engine.ema import ModelEMA
+from ppcls.engine.peer_watchdog import PeerWatchdog
+from ppcls.engine.stop_signals import StopSignals
 from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
 from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import (ConfigError, TrainingDiverged, TrainingInterrupted)
 from ppcls.utils.save_load import load_pretrained_weights
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class _StopRequested(Exception):
+    """Raised inside the loops when the ranks agreed to stop after `iteration` iterations
+    of `epoch` (`evaluated`: whether that epoch's evaluation, if due, is done)."""
+
+    def __init__(self, epoch, iteration, evaluated=True):
+        super().__init__(epoch, iteration)
+        self.epoch, self.iteration, self.evaluated = epoch, iteration, evaluated
 
 
 def _mix_seed(*parts):
@@ -52,6 +66,7 @@ class Engine:
         self.output_dir = os.path.join(self.g["output_dir"], self.arch_name)
         self._setup_processes()
         logger.setup(os.path.join(self.output_dir, f"{mode}.log"))
+        self.signals, self.last_saved = StopSignals(), None  # handlers installed by train()
         self.checkpoint_state = self._read_resume_state()
         self.seed = self._choose_seed()
         paddle.seed(self.seed)
@@ -84,11 +99,8 @@ class Engine:
 
     def _read_resume_state(self):
         if self.mode == "train" and self.g.get("checkpoints"):
-            state = read_states(strip_params_suffix(self.g["checkpoints"]))
-            if state is None:
-                raise ConfigError(f"Global.checkpoints={self.g['checkpoints']}: no .pdstates "
-                                  "beside it; it is not a checkpoint written by training")
-            return state
+            self.resume_prefix = find_checkpoint(self.g["checkpoints"])
+            return read_states(self.resume_prefix)
         return None
 
     def _choose_seed(self):
@@ -142,10 +154,10 @@ class Engine:
                 self.model, self.optimizer = paddle.amp.decorate(
                     self.model, self.optimizer, level="O2", save_dtype="float32")
 
-        self.start_epoch, self.start_iter = 1, 0
+        self.start_epoch, self.start_iter, self.pending_eval = 1, 0, None
         self.best = {"metric": 0.0, "epoch": 0}
         if self.checkpoint_state is not None:
-            self._resume(self.g["checkpoints"])
+            self._resume(self.resume_prefix)
         elif self.g.get("pretrained_model"):
             load_pretrained_weights(self.model, self.g["pretrained_model"])
             if self.ema:
@@ -167,6 +179,9 @@ class Engine:
         finished_epoch = state["iter"] >= self.steps_per_epoch
         self.start_epoch = state["epoch"] + 1 if finished_epoch else state["epoch"]
         self.start_iter = 0 if finished_epoch else state["iter"]
+        if finished_epoch and not state.get("evaluated", True):  # stopped while evaluating
+            self.pending_eval = state["epoch"]
+        self.last_saved = (path, state["epoch"], state["iter"])
         logger.info("resumed from %s: epoch %d, iteration %d, best top-1 %.5f (epoch %d)",
                     path, self.start_epoch, self.start_iter, self.best["metric"],
                     self.best["epoch"])
@@ -188,18 +203,44 @@ class Engine:
         epochs = self.g["epochs"]
         logger.info("training %s for %d epochs, %d iterations each, seed %d, %d process(es)",
                     self.arch_name, epochs, self.steps_per_epoch, self.seed, self.world_size)
-        for epoch in range(self.start_epoch, epochs + 1):
-            start_iter = self.start_iter if epoch == self.start_epoch else 0
-            self.train_epoch(epoch, start_iter)
-            if self.lr.by_epoch:
-                self.lr.step()
-            self._check_replicas_in_sync(epoch)
-            self._evaluate_and_save(epoch)
-        logger.info("finished: best top-1 %.5f at epoch %d", self.best["metric"],
-                    self.best["epoch"])
+        with self.signals, PeerWatchdog(self.world_size, self.rank) as watch:
+            try:
+                if self.pending_eval:
+                    self._evaluate_and_save(self.pending_eval)
+                for epoch in range(self.start_epoch, epochs + 1):
+                    start_iter = self.start_iter if epoch == self.start_epoch else 0
+                    self.train_epoch(epoch, start_iter)
+                    if self.lr.by_epoch:
+                        self.lr.step()
+                    self._check_replicas_in_sync(epoch)
+                    self._report_bad_images(epoch)
+                    self._evaluate_and_save(epoch)
+                    if epoch < epochs and self._agree(False, self.signals.requested)[1]:
+                        raise _StopRequested(epoch, self.steps_per_epoch)
+            except _StopRequested as stop:
+                self._save_interrupted(stop)  # before the barrier, in case a rank is gone
+                watch.finish()
+                raise self._interrupted(stop) from None
+            watch.finish()
+        if self.best["epoch"]:
+            logger.info("finished: best top-1 %.5f at epoch %d", self.best["metric"],
+                        self.best["epoch"])
+        else:
+            logger.info("finished %d epochs (no evaluation ran)", epochs)
         if self.vdl:
             self.vdl.close()
         return self.best
+
+    def _save_interrupted(self, stop):
+        self.save("latest", stop.epoch, stop.iteration, evaluated=stop.evaluated)
+
+    def _interrupted(self, stop):
+        # Without a signal here, another process had one and all agreed to stop.
+        signum = self.signals.signum or signal.SIGTERM
+        latest = os.path.join(self.output_dir, "latest")
+        return TrainingInterrupted(
+            f"received {signal.Signals(signum).name}: saved {latest} at epoch {stop.epoch}, "
+            f"iteration {stop.iteration}; resume with -o Global.checkpoints={latest}", signum)
 
     def _check_replicas_in_sync(self, epoch):
         """Data-parallel replicas must hold bitwise-identical weights (BN statistics are
@@ -222,18 +263,25 @@ class Engine:
     def train_epoch(self, epoch, start_iter=0):
         self.train_loader.batch_sampler.set_epoch(epoch, start_iter)
         self.train_model.train()
+        with contextlib.closing(iter(self.train_loader)) as batches:
+            sums, seen = self._train_iterations(epoch, start_iter, batches)
+        if seen:
+            avg = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
+            logger.info("[Train][Epoch %d/%d][Avg]%s", epoch, self.g["epochs"], avg)
+
+    def _train_iterations(self, epoch, start_iter, batches):
         sums, seen = {}, 0
+        every = self.g["save_latest_steps"]
         tic = time.time()
-        for iteration, (images, labels) in enumerate(self.train_loader, start=start_iter):
+        for iteration in range(start_iter, self.steps_per_epoch):
+            images, labels = self._next_batch(batches, epoch, iteration)
             reader_cost = time.time() - tic
             paddle.seed(self._step_seed(epoch, iteration))
             losses, logits = self._train_step(images, labels)
 
             batch = images.shape[0]
             values = {k: float(v) for k, v in losses.items()}
-            if not math.isfinite(values["loss"]):
-                raise TrainingDiverged(f"loss is {values['loss']} at epoch {epoch}, iteration "
-                                       f"{iteration}; the last good checkpoint is unchanged")
+            self._check_progress(epoch, iteration, values["loss"])
             for metric in self.train_metrics:
                 values.update({k: c / batch for k, c in metric.counts(logits, labels).items()})
             for key, value in values.items():
@@ -242,10 +290,47 @@ class Engine:
             batch_cost = time.time() - tic
             if iteration % self.g["print_batch_step"] == 0 or iteration == self.steps_per_epoch - 1:
                 self._log_train(epoch, iteration, sums, seen, batch, batch_cost, reader_cost)
+            if every and (iteration + 1) % every == 0 and iteration + 1 < self.steps_per_epoch:
+                self.save("latest", epoch, iteration + 1)
             tic = time.time()
-        if seen:
-            avg = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
-            logger.info("[Train][Epoch %d/%d][Avg]%s", epoch, self.g["epochs"], avg)
+        return sums, seen
+
+    def _next_batch(self, batches, epoch, iteration):
+        try:
+            return next(batches)
+        except Exception:
+            # Ctrl-C in a terminal also interrupts the loader's worker processes.
+            if self.signals.requested:
+                raise _StopRequested(epoch, iteration) from None
+            raise
+
+    def _check_progress(self, epoch, iteration, loss):
+        """After each step: stop on a NaN/Inf loss, or after a stop signal unless this was
+        the epoch's last step (the epoch end then finishes first)."""
+        diverged, stop = self._agree(not math.isfinite(loss), self.signals.requested)
+        if diverged:
+            what = loss if not math.isfinite(loss) else "NaN or infinite on another process"
+            raise TrainingDiverged(
+                f"the loss became {what} at epoch {epoch}, iteration {iteration}: training "
+                f"stopped. {self._last_saved_text()} Lower Optimizer.lr.learning_rate or set "
+                "Optimizer.clip_global_norm, then resume from it")
+        if stop and iteration + 1 < self.steps_per_epoch:
+            raise _StopRequested(epoch, iteration + 1)
+
+    def _agree(self, diverged, stop):
+        """All processes stop together: one tiny all-reduce of both flags."""
+        if self.world_size == 1:
+            return diverged, stop
+        flags = paddle.to_tensor(np.array([diverged, stop], dtype="int32"))
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return tuple(bool(f) for f in flags.numpy())
+
+    def _last_saved_text(self):
+        if self.last_saved is None:
+            return "No checkpoint was saved yet."
+        path, epoch, iteration = self.last_saved
+        return (f"The last checkpoint, {path} (epoch {epoch}, iteration {iteration}), is "
+                "unchanged.")
 
     def _train_step(self, images, labels):
         if self.amp:
@@ -283,24 +368,52 @@ class Engine:
                 self.vdl.add_scalar(f"Train/{key}", value / seen, step)
             self.vdl.add_scalar("Train/lr", self.optimizer.get_lr(), step)
 
-    def _state(self, epoch, iteration):
+    def _state(self, epoch, iteration, evaluated):
         return {"metric": self.best["metric"], "epoch": epoch, "iter": iteration,
-                "best": dict(self.best), "seed": self.seed, "lr_scheduler": self.lr.state_dict(),
+                "evaluated": evaluated, "best": dict(self.best), "seed": self.seed,
+                "lr_scheduler": self.lr.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "evaluated_weights": "ema" if self.ema else "model",
                 "arch": self.arch_name}
 
-    def save(self, name, epoch, iteration):
+    def save(self, name, epoch, iteration, evaluated=True):
         if self.rank != 0:
             return
-        save_checkpoint(os.path.join(self.output_dir, name), self.model, self.optimizer,
-                        self.ema, self._state(epoch, iteration))
+        self._check_weights_finite(epoch, iteration)
+        prefix = os.path.join(self.output_dir, name)
+        save_checkpoint(prefix, self.model, self.optimizer, self.ema,
+                        self._state(epoch, iteration, evaluated))
+        if name == "latest":
+            self.last_saved = (prefix, epoch, iteration)
+
+    def _check_weights_finite(self, epoch, iteration):
+        """Never overwrite a good checkpoint with NaN weights (a finite loss can still
+        produce an infinite gradient in its step)."""
+        for name, tensor in self.model.state_dict().items():
+            if not bool(paddle.isfinite(tensor).all()):
+                raise TrainingDiverged(
+                    f"{name} holds NaN or infinite values after epoch {epoch}, iteration "
+                    f"{iteration}: training stopped without saving. {self._last_saved_text()} "
+                    "Lower Optimizer.lr.learning_rate or set Optimizer.clip_global_norm, then "
+                    "resume from it")
+
+    def _report_bad_images(self, epoch):
+        skipped = self._sum_over_processes([len(self.train_loader.policy.skipped)], "int64")[0]
+        dropped = len(self.train_loader.dataset.dropped)
+        if skipped or dropped:
+            logger.warning("[Train][Epoch %d] skipped %d unreadable image(s) this epoch (listed "
+                           "in the warnings above, on each process's log); %d listed file(s) "
+                           "are missing and were left out from the start", epoch, int(skipped),
+                           dropped)
 
     def _evaluate_and_save(self, epoch):
         g = self.g
         if self.eval_loader is not None and epoch % g["eval_interval"] == 0 \
                 and epoch > g["start_eval_epoch"]:
-            top1 = self.evaluate(epoch)["top1"]
+            try:
+                top1 = self.evaluate(epoch)["top1"]
+            except _StopRequested:
+                raise _StopRequested(epoch, self.steps_per_epoch, evaluated=False) from None
             if top1 > self.best["metric"] or self.best["epoch"] == 0:  # first eval always saves
                 self.best = {"metric": top1, "epoch": epoch}
                 self.save("best_model", epoch, self.steps_per_epoch)
@@ -316,28 +429,17 @@ class Engine:
         evaluates its unpadded shard, and the counts are summed across processes."""
         net = self.ema.model if self.ema else self.model
         net.eval()
-        counts, loss_sum, seen = {}, 0.0, 0
-        batches = len(self.eval_loader)
-        for iteration, (images, labels) in enumerate(self.eval_loader):
-            logits = net(images)
-            batch = images.shape[0]
-            if self.eval_loss:
-                loss_sum += float(self.eval_loss(logits, labels)["loss"]) * batch
-            for metric in self.eval_metrics:
-                for key, value in metric.counts(logits, labels).items():
-                    counts[key] = counts.get(key, 0) + value
-            seen += batch
-            if iteration % self.g["print_batch_step"] == 0:
-                logger.info("[Eval][Epoch %d][Iter: %d/%d]", epoch, iteration, batches)
+        with contextlib.closing(iter(self.eval_loader)) as batches:
+            counts, loss_sum, seen = self._eval_batches(net, epoch, batches)
         keys = sorted(counts)
-        totals = self._sum_over_processes([seen, *[counts[k] for k in keys]], "int64")
+        skipped = len(self.eval_loader.policy.skipped)
+        totals = self._sum_over_processes([seen, skipped, *[counts[k] for k in keys]], "int64")
         loss_total = self._sum_over_processes([loss_sum], "float64")[0]
-        seen = int(totals[0])
-        if seen == 0:
-            raise ConfigError("the evaluation set is empty")
+        seen, skipped, *metric_counts = (int(t) for t in totals)
+        self._log_eval_count(epoch, seen, skipped)
         results = {"loss": loss_total / seen} if self.eval_loss else {}
-        results.update({k: int(c) / seen for k, c in zip(keys, totals[1:])})
-        exact = ", ".join(f"{k} {int(c)}/{seen}" for k, c in zip(keys, totals[1:]))
+        results.update({k: c / seen for k, c in zip(keys, metric_counts)})
+        exact = ", ".join(f"{k} {c}/{seen}" for k, c in zip(keys, metric_counts))
         logger.info("[Eval][Epoch %d][Avg]%s (%s correct, %s weights)", epoch,
                     ", ".join(f"{k}: {v:.5f}" for k, v in results.items()), exact,
                     self.weights_kind)
@@ -347,6 +449,39 @@ class Engine:
         if self.mode == "train":
             self.model.train()
         return results
+
+    def _eval_batches(self, net, epoch, batches):
+        counts, loss_sum, seen = {}, 0.0, 0
+        for iteration, (images, labels) in enumerate(batches):
+            logits = net(images)
+            batch = images.shape[0]
+            if self.eval_loss:
+                loss_sum += float(self.eval_loss(logits, labels)["loss"]) * batch
+            for metric in self.eval_metrics:
+                for key, value in metric.counts(logits, labels).items():
+                    counts[key] = counts.get(key, 0) + value
+            seen += batch
+            if iteration % self.g["print_batch_step"] == 0:
+                logger.info("[Eval][Epoch %d][Iter: %d/%d]", epoch, iteration,
+                            len(self.eval_loader))
+            # Stop mid-evaluation in a single process only: evaluation shards may differ in
+            # length by a batch, so processes cannot agree per batch; they stop after it.
+            if self.world_size == 1 and self.mode == "train" and self.signals.requested:
+                raise _StopRequested(epoch, iteration + 1)
+        return counts, loss_sum, seen
+
+    def _log_eval_count(self, epoch, seen, skipped):
+        """Every listed image is evaluated once, or accounted for as skipped/missing."""
+        dataset = self.eval_loader.dataset
+        missing = len(dataset.dropped)
+        if seen + skipped + missing != dataset.listed:
+            raise RuntimeError(f"evaluated {seen} + skipped {skipped} + missing {missing} "
+                               f"images, but {dataset.cls_label_path} lists {dataset.listed}")
+        if seen == 0:
+            raise ConfigError("the evaluation set is empty")
+        note = f"; {skipped} unreadable and {missing} missing skipped" if skipped or missing else ""
+        logger.info("[Eval][Epoch %d] evaluated %d of the %d images listed in %s%s", epoch, seen,
+                    dataset.listed, dataset.cls_label_path, note)
 
     def _sum_over_processes(self, values, dtype):
         tensor = paddle.to_tensor(np.array(values, dtype=dtype))

@@ -1,0 +1,497 @@
+"""Bad input and crashes, each fed for real: a clear error naming the culprit, and nothing
+lost that a checkpoint held."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import QUICK_START, ROOT, digits_overrides
+from ppcls.arch import build_model
+from ppcls.data import build_dataloader
+from ppcls.data.dataloader import ImageNetDataset
+from ppcls.engine import checkpoint
+from ppcls.engine.engine import Engine
+from ppcls.utils.cli import run
+from ppcls.utils.config import get_config, parse_args
+from ppcls.utils.errors import ConfigError, DataError, TrainingDiverged
+from tools import eval as eval_tool
+from tools import train as train_tool
+
+ARCH_DIR = "MnasNet_B1_x0_5"
+
+
+def write_list(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def overrides_args(overrides):
+    return sum((["-o", o] for o in overrides), [])
+
+
+@pytest.fixture
+def bad_digits(digits, tmp_path):
+    """A copy of 20 training images plus a corrupt, an empty and a missing file."""
+    root = tmp_path / "data"
+    lines = (digits / "train_small.txt").read_text().splitlines()[:20]
+    for line in lines:
+        dst = root / line.split()[0]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(digits / line.split()[0], dst)
+    (root / "corrupt.png").write_bytes(b"this is not an image")
+    (root / "empty.png").write_bytes(b"")
+    return root, lines
+
+
+# ------------------------------------------------------------------ dataset
+@pytest.mark.parametrize("lines,error,message", [
+    (["a.png 1", "b.png x"], DataError, r"list.txt:2: label 'x' is not an integer"),
+    (["a.png"], DataError, r"list.txt:1: expected 'path label'"),
+    ([], DataError, r"list.txt lists no images"),
+    (["", "  "], DataError, r"list.txt lists no images"),
+])
+def test_list_file_problems_name_the_file_and_line(tmp_path, lines, error, message):
+    with pytest.raises(error, match=message):
+        ImageNetDataset(str(tmp_path), write_list(tmp_path / "list.txt", lines))
+
+
+def test_missing_list_file_or_image_root_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"label list not found: .*missing.txt"):
+        ImageNetDataset(str(tmp_path), str(tmp_path / "missing.txt"))
+    listed = write_list(tmp_path / "list.txt", ["a.png 0"])
+    with pytest.raises(ConfigError, match=r"image_root is not a directory: .*nowhere"):
+        ImageNetDataset(str(tmp_path / "nowhere"), listed)
+
+
+def loader_config(root, list_file, mode="Train", extra=()):
+    return get_config(QUICK_START, [f"DataLoader.{mode}.dataset.image_root={root}",
+                                    f"DataLoader.{mode}.dataset.cls_label_path={list_file}",
+                                    *extra])
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_label_outside_class_num_names_line_and_class_num(bad_digits, tmp_path, label):
+    root, lines = bad_digits
+    lines[3] = lines[3].rsplit(" ", 1)[0] + f" {label}"
+    listed = write_list(tmp_path / "list.txt", lines)
+    with pytest.raises(DataError, match=rf"outside \[0, 10\) in DataLoader.Train.dataset."
+                                        rf"cls_label_path: .*list.txt:4: label {label}"):
+        build_dataloader(loader_config(root, listed), "Train", 0, class_num=10)
+
+
+def test_missing_files_fail_evaluation_up_front_and_leave_training(bad_digits, tmp_path,
+                                                                    capsys):
+    root, lines = bad_digits
+    listed = write_list(tmp_path / "list.txt", lines + ["gone/0.png 0", "gone/1.png 1"])
+    with pytest.raises(DataError, match=r"2 listed image\(s\) not found: .*list.txt:21: .*"
+                                        r"gone/0.png; .*list.txt:22: .*DataLoader.Eval.dataset."
+                                        r"on_bad_image: skip"):
+        build_dataloader(loader_config(root, listed, "Eval"), "Eval", 0, 10)
+
+    loader = build_dataloader(loader_config(
+        root, listed, extra=["DataLoader.Train.dataset.max_bad_fraction=0.1"]), "Train", 0, 10)
+    assert len(loader.dataset) == 20 and loader.dataset.listed == 22
+    assert "left out 2 listed image(s) that do not exist" in capsys.readouterr().out
+
+    with pytest.raises(DataError, match=r"2 of 22 listed images not found, more than "
+                                        r"max_bad_fraction \(0.05\)"):
+        build_dataloader(loader_config(
+            root, listed, extra=["DataLoader.Train.dataset.max_bad_fraction=0.05"]),
+            "Train", 0, 10)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_images_are_skipped_in_training_and_counted(bad_digits, tmp_path,
+                                                               capsys, num_workers):
+    root, lines = bad_digits
+    listed = write_list(tmp_path / "list.txt", lines + ["corrupt.png 3", "empty.png 4"])
+    engine = Engine(get_config(QUICK_START, digits_overrides(root, tmp_path / "out", epochs=1, extra=[
+        f"DataLoader.Train.dataset.cls_label_path={listed}",
+        f"DataLoader.Train.loader.num_workers={num_workers}",
+        "DataLoader.Train.dataset.max_bad_fraction=0.2",
+        "Global.eval_during_train=False"])), "train")
+    engine.train()
+    out = capsys.readouterr().out
+    assert re.search(r"skipping unreadable image .*list.txt:21: .*corrupt.png: not a "
+                     r"decodable image", out)
+    assert re.search(r"skipping unreadable image .*list.txt:22: .*empty.png: empty file", out)
+    assert "[Train][Epoch 1] skipped 2 unreadable image(s) this epoch" in out
+    assert "[Train][Epoch 1/1][Avg]" in out  # the epoch ran to its end
+    assert len(engine.train_loader.policy.skipped) == 2
+
+
+def test_too_many_unreadable_images_stop_training(bad_digits, tmp_path):
+    root, lines = bad_digits
+    listed = write_list(tmp_path / "list.txt", lines + ["corrupt.png 3", "empty.png 4"])
+    engine = Engine(get_config(QUICK_START, digits_overrides(root, tmp_path / "out", epochs=1, extra=[
+        f"DataLoader.Train.dataset.cls_label_path={listed}",
+        "Global.eval_during_train=False"])), "train")  # default max_bad_fraction 0.01
+    with pytest.raises(DataError, match=r"unreadable image\(s\) this pass, plus 0 missing "
+                                        r"from the start: more than DataLoader.Train.dataset."
+                                        r"max_bad_fraction \(0.01\) allows"):
+        engine.train()
+
+
+def run_cli(tool, args, capsys):
+    """Run a tool's main in-process through the same wrapper as its command line."""
+    code = run(tool.main, parse_args(args))
+    return code, capsys.readouterr()
+
+
+def test_evaluation_stops_at_an_unreadable_image_naming_it(bad_digits, tmp_path, capsys):
+    root, lines = bad_digits
+    listed = write_list(tmp_path / "val.txt", lines[:5] + ["corrupt.png 3"] + lines[5:])
+    code, out = run_cli(eval_tool, ["-c", QUICK_START, *overrides_args(digits_overrides(
+        root, tmp_path / "out", extra=[f"DataLoader.Eval.dataset.cls_label_path={listed}"]))],
+        capsys)
+    assert code == 2
+    assert re.search(r"(?m)^error: cannot use image .*val.txt:6: .*corrupt.png: not a "
+                     r"decodable image\. Fix or unlist it, or set DataLoader.Eval.dataset."
+                     r"on_bad_image: skip to leave such images out\n\Z", out.err), out.err
+
+
+def test_evaluation_logs_how_many_listed_images_it_counted(digits, tmp_path, capsys):
+    engine = Engine(get_config(QUICK_START, digits_overrides(digits, tmp_path)), "eval")
+    results = engine.evaluate()
+    out = capsys.readouterr().out
+    assert re.search(r"evaluated 37 of the 37 images listed in .*val_odd.txt\n", out)
+    assert "(top1 " in out and 0 <= results["top1"] <= 1
+
+
+# ------------------------------------------------------------------- config
+BAD_CONFIGS = [
+    ("Arch.name=MnasNet_B9", "unknown Arch.name 'MnasNet_B9'; available models: MnasNet_A1"),
+    ("DataLoader.Train.dataset.transform_ops.1={RandCrop: {size: 3}}",
+     "unknown image operator 'RandCrop'; available: AutoAugment"),
+    ("Loss.Train=[{CrossEntropy: {weight: 1.0}}]", "unknown loss 'CrossEntropy'; available: "),
+    ("Optimizer.name=Adamm", "unknown optimizer 'Adamm'; available: "),
+    ("Optimizer.lr.name=Cosin", "Optimizer.lr: unknown schedule 'Cosin'; available: Constant, Cosine"),
+    ("Metric.Eval=[{TopAcc: {topk: [1]}}]", "unknown metric 'TopAcc'; available: TopkAcc"),
+    ("Optimizer.momentun=0.9", "Optimizer.Momentum: unknown argument 'momentun'; allowed: "),
+    ("Global.epochs=three", "Global.epochs must be int, got 'three'"),
+    ("Global.epochs=[3", "value '[3' is not valid YAML"),
+    ("DataLoader.Train.sampler.batch_size=0", "batch_size must be a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_CONFIGS, ids=[b[0].split("=")[0] for b in BAD_CONFIGS])
+def test_config_mistakes_are_one_line_naming_the_key(digits, tmp_path, capsys, override,
+                                                     message):
+    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path)), "-o",
+            override]
+    code, out = run_cli(train_tool, args, capsys)
+    assert code == 2
+    assert out.err.startswith("error: ") and out.err.count("\n") == 1, out.err
+    assert message in out.err, out.err
+
+
+def test_tool_error_has_no_traceback_unless_debug(tmp_path):
+    cmd = [sys.executable, "tools/train.py", "-c", QUICK_START, "-o", "Arch.name=Nope"]
+    plain = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 2
+    # (Paddle itself prints warnings on import; ours is the last line.)
+    last = plain.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Arch.name: unknown Arch.name 'Nope'"), plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = subprocess.run(cmd + ["--debug"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# ------------------------------------------------------------------ weights
+@pytest.mark.parametrize("suffix", ["", ".pdparams"])
+@pytest.mark.parametrize("key,tool", [("Global.pretrained_model", eval_tool),
+                                      ("Global.checkpoints", train_tool)])
+def test_missing_weights_path_is_named(digits, tmp_path, capsys, suffix, key, tool):
+    missing = tmp_path / "nowhere" / f"best_model{suffix}"
+    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path)),
+            "-o", f"{key}={missing}"]
+    code, out = run_cli(tool, args, capsys)
+    assert code == 2
+    assert re.fullmatch(r"error: weights file not found: .*nowhere/best_model\.pdparams "
+                        r"\(give the path with or without '\.pdparams'.*\n", out.err), out.err
+
+
+def test_checkpoint_of_another_architecture_is_refused(digits, tmp_path, capsys):
+    other = build_model({"Arch": {"name": "MnasNet_A1_x0_5", "class_num": 10}})
+    paddle.save(other.state_dict(), str(tmp_path / "a1.pdparams"))
+    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path)),
+            "-o", f"Global.pretrained_model={tmp_path / 'a1'}"]
+    code, out = run_cli(eval_tool, args, capsys)
+    assert code == 2
+    assert re.search(r"a1.pdparams does not fit this model \(MnasNet\): shape mismatch "
+                     r"\S+: file \[\d+(, \d+)*\] vs model \[\d+(, \d+)*\]", out.err), out.err
+
+
+# ---------------------------------------------------------------- numerics
+def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(digits, tmp_path, capsys):
+    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path, epochs=2))]
+    assert run_cli(train_tool, args + ["-o", "Global.epochs=1"], capsys)[0] == 0
+    latest = tmp_path / ARCH_DIR / "latest"
+    before = {ext: (latest.parent / (latest.name + ext)).read_bytes()
+              for ext in (".pdparams", ".pdopt", ".pdstates")}
+    # Resume with a normalisation that divides by zero: the inputs, then the loss, are NaN.
+    code, out = run_cli(train_tool, args + [
+        "-o", f"Global.checkpoints={latest}",
+        "-o", "DataLoader.Train.dataset.transform_ops.2.NormalizeImage.std=[0, 0, 0]"], capsys)
+    assert code == 1
+    assert re.fullmatch(r"error: the loss became nan at epoch 2, iteration \d+: training stopped\. "
+                        r"The last checkpoint, .*latest \(epoch 1, iteration 6\), is unchanged\. "
+                        r".*\n", out.err), out.err
+    for ext, data in before.items():
+        assert (latest.parent / (latest.name + ext)).read_bytes() == data, ext
+
+
+def test_nan_weights_are_never_saved(digits, tmp_path):
+    engine = Engine(get_config(QUICK_START, digits_overrides(digits, tmp_path)), "train")
+    engine.save("latest", 1, 0)
+    saved = (tmp_path / ARCH_DIR / "latest.pdparams").read_bytes()
+    weight = engine.model.fc.weight
+    weight.set_value(paddle.full_like(weight, float("nan")))
+    with pytest.raises(TrainingDiverged, match="fc.weight holds NaN or infinite values after "
+                                               "epoch 1, iteration 3: training stopped without"):
+        engine.save("latest", 1, 3)
+    assert (tmp_path / ARCH_DIR / "latest.pdparams").read_bytes() == saved
+
+
+# ---------------------------------------------------------- checkpoint I/O
+class Crash(Exception):
+    pass
+
+
+def small_training_state(steps, seed):
+    """A model and optimizer after `steps` steps on random data: distinct per `steps`."""
+    paddle.seed(seed)
+    model = build_model({"Arch": {"name": "MnasNet_small", "class_num": 10}})
+    opt = paddle.optimizer.Momentum(0.1, parameters=model.parameters())
+    for _ in range(steps):
+        loss = model(paddle.randn([4, 3, 32, 32])).mean()
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+    return model, opt
+
+
+def test_a_save_interrupted_anywhere_leaves_a_complete_checkpoint(tmp_path, monkeypatch):
+    """Crash the save of generation B at every file operation in turn: the checkpoint that
+    loads is always all of A or all of B, never a mix."""
+    gen_a, gen_b = small_training_state(1, 0), small_training_state(2, 0)
+    expected = {gen: {k: v.numpy() for k, v in model.state_dict().items()}
+                for gen, (model, _) in (("A", gen_a), ("B", gen_b))}
+    operations = ["replace", "link", "remove", "fsync"]
+    outcomes = []
+    for crash_at in range(100):
+        prefix = str(tmp_path / f"run{crash_at}" / "latest")
+        checkpoint.save_checkpoint(prefix, *gen_a, state={"epoch": 1, "gen": "A"})
+        calls = {"n": 0}
+
+        def failing(original):
+            def wrapper(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] > crash_at:
+                    raise Crash()
+                return original(*args, **kwargs)
+            return wrapper
+
+        with monkeypatch.context() as patch:
+            for name in operations:
+                patch.setattr(checkpoint.os, name, failing(getattr(os, name)))
+            patch.setattr(checkpoint.paddle, "save", failing(paddle.save))
+            try:
+                checkpoint.save_checkpoint(prefix, *gen_b, state={"epoch": 2, "gen": "B"})
+                finished = True
+            except Crash:
+                finished = False
+        model, opt = small_training_state(0, 1)
+        found = checkpoint.find_checkpoint(prefix)
+        state = checkpoint.load_checkpoint(found, model, opt)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(value.numpy(), expected[state["gen"]][key])
+        outcomes.append(state["gen"])
+        if finished:
+            break
+    assert finished and outcomes[-1] == "B" and outcomes[0] == "A"
+    assert "B" in outcomes[:-1], "some crash after the new files were in place loads B"
+    leftovers = [p for p in os.listdir(os.path.dirname(prefix)) if not p.startswith("latest.pd")]
+    assert not leftovers, leftovers  # a finished save leaves no temporary or previous files
+
+
+def test_a_corrupt_checkpoint_without_a_previous_copy_is_named(tmp_path):
+    prefix = str(tmp_path / "latest")
+    checkpoint.save_checkpoint(prefix, *small_training_state(1, 0), state={"epoch": 1})
+    with open(prefix + ".pdopt", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(Exception, match=r"latest is incomplete or corrupt \(its files do not "
+                                        r"match .*latest.pdstates\)"):
+        checkpoint.find_checkpoint(prefix)
+
+
+# ---------------------------------------------------------- kills and signals
+def train_command(digits, output_dir, extra=()):
+    overrides = digits_overrides(digits, output_dir, epochs=3, extra=[
+        "Global.save_latest_steps=2", *extra])
+    return [sys.executable, "tools/train.py", "-c", QUICK_START, *overrides_args(overrides)]
+
+
+ENV = dict(os.environ, OMP_NUM_THREADS="2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits, tmp_path_factory):
+    """The final `latest` of an uninterrupted 3-epoch run (6 iterations per epoch)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(train_command(digits, out), cwd=ROOT, env=ENV, check=True,
+                   capture_output=True, timeout=600)
+    return out / ARCH_DIR / "latest"
+
+
+def latest_state(out):
+    try:
+        return paddle.load(str(out / "latest.pdstates"))
+    except Exception:  # noqa: BLE001 - not written yet
+        return None
+
+
+def assert_same_final_checkpoint(reference, resumed):
+    full, again = paddle.load(f"{reference}.pdparams"), paddle.load(f"{resumed}.pdparams")
+    for key in full:
+        np.testing.assert_array_equal(full[key].numpy(), again[key].numpy(), err_msg=key)
+    opt_full, opt_again = paddle.load(f"{reference}.pdopt"), paddle.load(f"{resumed}.pdopt")
+    assert opt_full.keys() == opt_again.keys()
+    for key in opt_full:
+        if key != "LR_Scheduler":
+            np.testing.assert_array_equal(opt_full[key].numpy(), opt_again[key].numpy(), key)
+    assert opt_full["LR_Scheduler"] == opt_again["LR_Scheduler"]
+    assert paddle.load(f"{reference}.pdstates")["best"] == paddle.load(f"{resumed}.pdstates")["best"]
+
+
+def resume(digits, output_dir, latest):
+    cmd = train_command(digits, output_dir, extra=[f"Global.checkpoints={latest}",
+                                                   "Global.seed=999"])
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, capture_output=True, text=True,
+                          timeout=600).stdout
+
+
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(digits, tmp_path,
+                                                                     uninterrupted):
+    out = tmp_path / ARCH_DIR
+    proc = subprocess.Popen(train_command(digits, tmp_path), cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        state = latest_state(out)
+        if state and state["epoch"] == 2 and 0 < state["iter"] < 6:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = latest_state(out)
+    assert state["epoch"] == 2 and 0 < state["iter"] < 6, "killed too late or too early"
+    log = resume(digits, tmp_path, out / "latest")
+    assert f"resumed from {out / 'latest'}: epoch 2, iteration {state['iter']}" in log
+    assert "seed 7" in log  # the checkpoint's seed wins over Global.seed
+    assert_same_final_checkpoint(uninterrupted, out / "latest")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_saves_latest_and_resume_equals_the_uninterrupted_run(
+        digits, tmp_path, uninterrupted, signum):
+    """SIGINT goes to the whole process group, as Ctrl-C in a terminal does, so the data
+    loader's worker processes are interrupted too."""
+    out = tmp_path / ARCH_DIR
+    cmd = train_command(digits, tmp_path, extra=["DataLoader.Train.loader.num_workers=2"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log_file = out / "train.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log_file.is_file() and
+                                          "[Epoch 1/3][Iter: 2/6]" in log_file.read_text()):
+        time.sleep(0.05)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    stopped = re.search(r"stopped: received (\w+): saved (\S+) at epoch (\d+), iteration (\d+); "
+                        r"resume with -o Global.checkpoints=\S+latest", err)
+    assert stopped, err[-2000:]
+    state = latest_state(out)
+    assert stopped.group(1) == signal.Signals(signum).name
+    assert (state["epoch"], state["iter"]) == (int(stopped.group(3)), int(stopped.group(4)))
+    resume(digits, tmp_path, out / "latest")
+    assert_same_final_checkpoint(uninterrupted, out / "latest")
+
+
+def worker_pid(rank, marker):
+    """The pid of the training process with PADDLE_TRAINER_ID=rank whose command line
+    contains `marker`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if marker in cmdline and "tools/train.py" in cmdline and \
+                f"PADDLE_TRAINER_ID={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+def test_a_dead_worker_takes_the_job_down_with_a_message(digits, tmp_path):
+    logs = tmp_path / "launch_logs"
+    overrides = digits_overrides(digits, tmp_path, epochs=20)
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(logs),
+           "--nproc_per_node", "2", "tools/train.py", "-c", QUICK_START,
+           *overrides_args(overrides)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        log = logs / "workerlog.0"
+        if log.is_file() and "[Iter: 2/" in log.read_text(errors="replace"):
+            break
+        time.sleep(0.1)
+    victim = worker_pid(1, str(tmp_path))
+    assert victim, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=120)  # the job ends instead of hanging
+    assert proc.returncode != 0
+    message = f"rank 1 (pid {victim}), ended before training finished"
+    assert message in output, output[-3000:]
+    assert message in (logs / "workerlog.0").read_text(errors="replace")
+
+
+def test_sigterm_to_a_multi_process_job_saves_latest(digits, tmp_path):
+    """`launch` passes SIGTERM on to every worker's process group (data-loader workers
+    included); the ranks agree on an iteration and rank 0 saves it."""
+    logs = tmp_path / "launch_logs"
+    overrides = digits_overrides(digits, tmp_path, epochs=20,
+                                 extra=["DataLoader.Train.loader.num_workers=1"])
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(logs),
+           "--nproc_per_node", "2", "tools/train.py", "-c", QUICK_START,
+           *overrides_args(overrides)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker_log = logs / "workerlog.0"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+            worker_log.is_file() and "[Iter: 2/" in worker_log.read_text(errors="replace")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    log = worker_log.read_text(errors="replace")
+    stopped = re.search(r"stopped: received SIGTERM: saved \S+latest at epoch (\d+), "
+                        r"iteration (\d+)", log)
+    assert stopped, log[-3000:]
+    state = latest_state(tmp_path / ARCH_DIR)
+    assert (state["epoch"], state["iter"]) == (int(stopped.group(1)), int(stopped.group(2)))
+    assert "stopped: received SIGTERM" in (logs / "workerlog.1").read_text(errors="replace")
