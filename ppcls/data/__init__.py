@@ -26,9 +26,10 @@ _BATCH_SEED_SALT = 0x5EED_BA7C
 
 
 class Collate:
-    """Stack a batch's readable samples into (images, labels) and apply the batch operators
-    (seeded by the batch). Unreadable samples become `problems`, a list of strings: Paddle's
-    loader passes strings through as they are, so a clean batch costs nothing extra."""
+    """Stack a batch's readable samples into [images, labels] and apply the batch operators
+    (seeded by the batch). A batch with unreadable samples gets a third item, their
+    problems as strings, which Paddle's loader passes through untensorised; clean batches
+    keep the plain two-item form, so they cost nothing extra."""
 
     def __init__(self, batch_ops):
         self.batch_ops = batch_ops
@@ -44,7 +45,7 @@ class Collate:
             rng = random.Random(samples[0][2] ^ _BATCH_SEED_SALT)
             for op in self.batch_ops:
                 images, labels = op(images, labels, rng)
-        return [images, labels, problems]
+        return [images, labels, problems] if problems else [images, labels]
 
 
 def ignore_stop_signals(worker_id):
@@ -67,14 +68,17 @@ class ClassificationLoader:
         return len(self.loader)
 
     def __iter__(self):
-        """A generator: close it (or exhaust it) to end the loader's worker processes."""
+        """Starts the loader (and its workers) now, like Paddle's; close the returned
+        generator, or exhaust it, to end them."""
         self.policy.start_pass()
-        batches = iter(self.loader)
+        return self._checked(iter(self.loader))
+
+    def _checked(self, batches):
         try:
-            for images, labels, problems in batches:
-                if problems:
-                    self.policy.handle(problems, batch_size=len(problems) + len(labels))
-                yield images, labels
+            for batch in batches:
+                if len(batch) == 3:
+                    self.policy.handle(batch[2], batch_size=len(batch[2]) + len(batch[1]))
+                yield batch[0], batch[1]
         finally:
             # Now, not at garbage collection: workers ignore SIGTERM, so one still alive at
             # interpreter exit would block multiprocessing's exit handler.
