@@ -5,6 +5,7 @@ import pytest
 
 # Small, deterministic CPU runs: the suite is sized for 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("GOMP_SPINCOUNT", "0")  # as the tools set it (ppcls/utils/threads.py)
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 

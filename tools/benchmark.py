@@ -153,6 +153,9 @@ def cpu_name():
 def main(argv=None):
     args = parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before Paddle is imported
+    from ppcls.utils.threads import set_default_threads
+
+    set_default_threads()
     import platform
 
     import paddle

@@ -15,6 +15,7 @@ import paddle
 import paddle.nn as nn
 
 from ppcls.arch.registry import register_model
+from ppcls.ops.depthwise_conv import DepthwiseConv2D
 
 # One row per stage. block: "ds" = depthwise separable (dw -> [SE] -> pw-linear),
 # "ir" = inverted residual (pw-expand -> dw -> [SE] -> pw-linear). se: SE ratio relative to
@@ -68,10 +69,11 @@ class ConvBN(nn.Layer):
 
     def __init__(self, in_ch, out_ch, kernel=1, stride=1, groups=1, act=True, bn_args=None):
         super().__init__()
-        self.conv = nn.Conv2D(
-            in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups,
-            bias_attr=False,
-        )
+        if groups > 1 and groups == in_ch == out_ch:  # depthwise: our fast CPU kernel
+            self.conv = DepthwiseConv2D(out_ch, kernel, stride)
+        else:
+            self.conv = nn.Conv2D(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2,
+                                  groups=groups, bias_attr=False)
         self.bn = nn.BatchNorm2D(out_ch, **(bn_args or {}))
         self.act = nn.ReLU() if act else None
 

@@ -1,0 +1,138 @@
+"""A fast CPU depthwise convolution for dygraph training and inference.
+
+Paddle's built-in CPU kernel for depthwise convolutions is several times slower than
+PyTorch's, and MnasNet is made of them. `depthwise_conv2d` runs our kernel
+(depthwise_conv.cc, a Paddle custom operator) when it applies: dynamic mode, a CPU
+tensor, float32, one square filter per channel, no bias. Anything else (GPU, static graphs
+and exported models, other shapes) goes to `paddle.nn.functional.conv2d`, so exported
+inference models never depend on the custom operator.
+
+The operator is compiled on first use with `paddle.utils.cpp_extension.load` and cached
+under ~/.cache/ppcls/ops (or $PPCLS_CACHE_DIR), keyed by the source, Paddle's version and
+the compiler flags. If it cannot be built, one warning says why and the built-in kernel is
+used. PPCLS_DEPTHWISE_CONV=builtin turns it off.
+"""
+
+import fcntl
+import hashlib
+import os
+import platform
+import threading
+import warnings
+
+import paddle
+import paddle.nn.functional as F
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv.cc")
+OP_NAME = "ppcls_depthwise_conv2d"
+
+_lock = threading.Lock()
+_module = None  # the loaded op module, False after a failed build
+_enabled = os.environ.get("PPCLS_DEPTHWISE_CONV", "custom") != "builtin"
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f
+                         if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+def compiler_flags():
+    """-O3 and OpenMP, plus AVX2/FMA when this x86-64 CPU has them (NEON is on by default
+    for aarch64). The flags are part of the cache key, so a cache shared between machines
+    never runs code a CPU lacks."""
+    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        cpu = set(_cpu_flags())
+        if {"avx2", "fma"} <= cpu:
+            flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _build_directory(flags):
+    with open(SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read() + paddle.__version__.encode()
+                             + " ".join(flags).encode()).hexdigest()[:16]
+    root = os.environ.get("PPCLS_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "ppcls", "ops")
+    return os.path.join(root, f"depthwise_conv-{key}")
+
+
+def _build():
+    """Compile (once per cache key; processes wait on a file lock) and load the op."""
+    from paddle.utils.cpp_extension import load
+
+    flags = compiler_flags()
+    directory = _build_directory(flags)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of one job starting together build once
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No ccache found")
+            return load(name="ppcls_depthwise_conv", sources=[SOURCE],
+                        extra_cxx_cflags=flags, extra_ldflags=["-fopenmp"],
+                        build_directory=directory, verbose=False)
+
+
+def custom_op():
+    """The compiled op module, or None (with one warning) when it cannot be built."""
+    global _module
+    if _module is None:
+        with _lock:
+            if _module is None:
+                try:
+                    _module = _build()
+                except Exception as err:  # noqa: BLE001 - any build failure means fallback
+                    _module = False
+                    warnings.warn(f"ppcls: could not build the fast CPU depthwise convolution "
+                                  f"({type(err).__name__}: {str(err).strip()[:300]}); using "
+                                  "Paddle's built-in kernel, which is several times slower",
+                                  stacklevel=3)
+    return _module or None
+
+
+def set_enabled(enabled):
+    """Use (True) or bypass (False) the custom kernel; for benchmarks and tests."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def is_enabled():
+    return _enabled
+
+
+def applies(x, weight, bias, stride, padding, dilation, groups):
+    """Whether our kernel covers this call; everything else takes the built-in path."""
+    return (_enabled and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+            and x.dtype == paddle.float32 and weight.dtype == paddle.float32
+            and x.ndim == 4 and bias is None and groups == x.shape[1] == weight.shape[0]
+            and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]
+            and isinstance(stride, int) and isinstance(padding, int)
+            and isinstance(dilation, int))
+
+
+def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """`F.conv2d` for NCHW inputs, through our kernel where it applies."""
+    if applies(x, weight, bias, stride, padding, dilation, groups):
+        module = custom_op()
+        if module is not None:
+            return getattr(module, OP_NAME)(x, weight, stride, padding, dilation)
+    return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                    groups=groups)
+
+
+class DepthwiseConv2D(paddle.nn.Conv2D):
+    """A bias-free K x K depthwise `nn.Conv2D` ("same" padding) that runs through
+    `depthwise_conv2d`. Same parameters and state-dict keys as the plain layer."""
+
+    def __init__(self, channels, kernel, stride=1):
+        super().__init__(channels, channels, kernel, stride=stride, padding=kernel // 2,
+                         groups=channels, bias_attr=False)
+        self.kernel, self.stride_, self.padding_ = kernel, stride, kernel // 2
+
+    def forward(self, x):
+        return depthwise_conv2d(x, self.weight, None, self.stride_, self.padding_, 1,
+                                self._groups)

@@ -1,0 +1,263 @@
+// Depthwise 2-D convolution on CPU for Paddle: NCHW float32, one square K x K filter per
+// channel, no bias; forward, input gradient and weight gradient.
+//
+// Every kernel walks output rows. For each kernel tap (kh, kw) the work on one row is an
+// axpy or a dot product over a contiguous range of output columns, which the compiler
+// vectorises (AVX2/FMA or NEON, see build flags in __init__.py). With stride s > 1 an input
+// row is first split into s "phases" (columns r, r + s, r + 2s, ...), so that input column
+// s * o + t is element o + floor(t / s) of phase t mod s: contiguous again.
+// Threads (OpenMP) take whole channel planes, so no two threads write the same memory.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "paddle/extension.h"
+
+namespace {
+
+struct Shape {
+  int64_t batch, channels, in_h, in_w, out_h, out_w;
+  int64_t kernel, stride, pad, dilation;
+};
+
+int64_t OutSize(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Output columns [*lo, *hi) whose input column o * stride + offset lies inside [0, in_w).
+void ValidColumns(int64_t offset, const Shape& s, int64_t* lo, int64_t* hi) {
+  int64_t first = offset >= 0 ? 0 : (-offset + s.stride - 1) / s.stride;
+  int64_t last = s.in_w - 1 - offset;  // largest o * stride allowed
+  int64_t end = last >= 0 ? last / s.stride + 1 : 0;
+  *lo = std::min(first, s.out_w);
+  *hi = std::max(*lo, std::min(end, s.out_w));
+}
+
+// Columns per phase when a row of in_w values is split into `stride` phases.
+int64_t PhaseWidth(const Shape& s) { return (s.in_w + s.stride - 1) / s.stride; }
+
+// Split every row of an H x W plane into phases: out[(row * stride + r) * pw + j] =
+// in[row * W + j * stride + r]. Unused tail slots are zero.
+void SplitPlane(const float* in, const Shape& s, float* out) {
+  const int64_t pw = PhaseWidth(s);
+  for (int64_t row = 0; row < s.in_h; ++row) {
+    const float* src = in + row * s.in_w;
+    float* dst = out + row * s.stride * pw;
+    std::fill(dst, dst + s.stride * pw, 0.0f);
+    for (int64_t col = 0; col < s.in_w; ++col) dst[(col % s.stride) * pw + col / s.stride] = src[col];
+  }
+}
+
+// The inverse of SplitPlane (phase layout back to plain rows).
+void JoinPlane(const float* in, const Shape& s, float* out) {
+  const int64_t pw = PhaseWidth(s);
+  for (int64_t row = 0; row < s.in_h; ++row) {
+    const float* src = in + row * s.stride * pw;
+    float* dst = out + row * s.in_w;
+    for (int64_t col = 0; col < s.in_w; ++col) dst[col] = src[(col % s.stride) * pw + col / s.stride];
+  }
+}
+
+// Where tap column kw reads: the row pointer offset (in the phase layout when stride > 1)
+// such that element o is input column o * stride + kw * dilation - pad.
+int64_t TapOffset(int64_t kw, const Shape& s) {
+  const int64_t t = kw * s.dilation - s.pad;
+  if (s.stride == 1) return t;
+  const int64_t q = FloorDiv(t, s.stride);
+  return (t - q * s.stride) * PhaseWidth(s) + q;
+}
+
+int64_t RowLength(const Shape& s) { return s.stride == 1 ? s.in_w : s.stride * PhaseWidth(s); }
+
+// out_plane = depthwise conv of in_plane (already in phase layout when stride > 1).
+void ForwardPlane(const float* in, const float* filter, const Shape& s, float* out) {
+  const int64_t row_len = RowLength(s);
+  std::fill(out, out + s.out_h * s.out_w, 0.0f);
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    float* y = out + oh * s.out_w;
+    for (int64_t kh = 0; kh < s.kernel; ++kh) {
+      const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
+      if (ih < 0 || ih >= s.in_h) continue;
+      for (int64_t kw = 0; kw < s.kernel; ++kw) {
+        int64_t lo, hi;
+        ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
+        const float* x = in + ih * row_len + TapOffset(kw, s);
+        const float w = filter[kh * s.kernel + kw];
+#pragma omp simd
+        for (int64_t o = lo; o < hi; ++o) y[o] += w * x[o];
+      }
+    }
+  }
+}
+
+// grad_in (phase layout when stride > 1) += transposed conv of grad_out.
+void InputGradPlane(const float* grad_out, const float* filter, const Shape& s, float* grad_in) {
+  const int64_t row_len = RowLength(s);
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    const float* dy = grad_out + oh * s.out_w;
+    for (int64_t kh = 0; kh < s.kernel; ++kh) {
+      const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
+      if (ih < 0 || ih >= s.in_h) continue;
+      for (int64_t kw = 0; kw < s.kernel; ++kw) {
+        int64_t lo, hi;
+        ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
+        float* dx = grad_in + ih * row_len + TapOffset(kw, s);
+        const float w = filter[kh * s.kernel + kw];
+#pragma omp simd
+        for (int64_t o = lo; o < hi; ++o) dx[o] += w * dy[o];
+      }
+    }
+  }
+}
+
+// grad_filter[tap] += sum over the plane of grad_out * the input the tap saw.
+void FilterGradPlane(const float* in, const float* grad_out, const Shape& s, float* grad_filter) {
+  const int64_t row_len = RowLength(s);
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    const float* dy = grad_out + oh * s.out_w;
+    for (int64_t kh = 0; kh < s.kernel; ++kh) {
+      const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
+      if (ih < 0 || ih >= s.in_h) continue;
+      for (int64_t kw = 0; kw < s.kernel; ++kw) {
+        int64_t lo, hi;
+        ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
+        const float* x = in + ih * row_len + TapOffset(kw, s);
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t o = lo; o < hi; ++o) acc += dy[o] * x[o];
+        grad_filter[kh * s.kernel + kw] += acc;
+      }
+    }
+  }
+}
+
+Shape GetShape(const paddle::Tensor& x, const paddle::Tensor& filter, int stride, int pad,
+               int dilation) {
+  const auto xs = x.shape();
+  const auto fs = filter.shape();
+  PD_CHECK(xs.size() == 4, "depthwise_conv2d: input must be NCHW, got rank ", xs.size());
+  PD_CHECK(fs.size() == 4 && fs[0] == xs[1] && fs[1] == 1 && fs[2] == fs[3],
+           "depthwise_conv2d: filter must be [C, 1, K, K] with C = input channels");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && filter.dtype() == paddle::DataType::FLOAT32,
+           "depthwise_conv2d: float32 only");
+  PD_CHECK(x.is_cpu() && filter.is_cpu(), "depthwise_conv2d: CPU tensors only");
+  PD_CHECK(stride >= 1 && pad >= 0 && dilation >= 1, "depthwise_conv2d: bad attributes");
+  Shape s{xs[0], xs[1], xs[2], xs[3], 0, 0, fs[2], stride, pad, dilation};
+  s.out_h = OutSize(s.in_h, s.kernel, stride, pad, dilation);
+  s.out_w = OutSize(s.in_w, s.kernel, stride, pad, dilation);
+  PD_CHECK(s.out_h > 0 && s.out_w > 0, "depthwise_conv2d: the output would be empty");
+  return s;
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> DepthwiseConvForward(const paddle::Tensor& x,
+                                                 const paddle::Tensor& filter, int stride,
+                                                 int padding, int dilation) {
+  const Shape s = GetShape(x, filter, stride, padding, dilation);
+  auto out = paddle::empty({s.batch, s.channels, s.out_h, s.out_w}, paddle::DataType::FLOAT32,
+                           paddle::CPUPlace());
+  const float* xd = x.data<float>();
+  const float* fd = filter.data<float>();
+  float* od = out.data<float>();
+  const int64_t planes = s.batch * s.channels;
+#pragma omp parallel
+  {
+    std::vector<float> split(s.stride > 1 ? s.in_h * RowLength(s) : 0);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      const float* in = xd + p * s.in_h * s.in_w;
+      if (s.stride > 1) {
+        SplitPlane(in, s, split.data());
+        in = split.data();
+      }
+      ForwardPlane(in, fd + (p % s.channels) * s.kernel * s.kernel, s,
+                   od + p * s.out_h * s.out_w);
+    }
+  }
+  return {out};
+}
+
+std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x,
+                                                  const paddle::Tensor& filter,
+                                                  const paddle::Tensor& grad_out, int stride,
+                                                  int padding, int dilation) {
+  const Shape s = GetShape(x, filter, stride, padding, dilation);
+  auto grad_x = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto grad_filter = paddle::empty(filter.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* xd = x.data<float>();
+  const float* fd = filter.data<float>();
+  const float* gd = grad_out.data<float>();
+  float* gxd = grad_x.data<float>();
+  float* gfd = grad_filter.data<float>();
+  const int64_t plane_in = s.in_h * s.in_w, plane_out = s.out_h * s.out_w;
+  const int64_t taps = s.kernel * s.kernel;
+#pragma omp parallel
+  {
+    std::vector<float> split(s.stride > 1 ? s.in_h * RowLength(s) : 0);
+    // Input gradient: one plane per task.
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < s.batch * s.channels; ++p) {
+      const float* f = fd + (p % s.channels) * taps;
+      float* dx = gxd + p * plane_in;
+      if (s.stride == 1) {
+        std::fill(dx, dx + plane_in, 0.0f);
+        InputGradPlane(gd + p * plane_out, f, s, dx);
+      } else {
+        std::fill(split.begin(), split.end(), 0.0f);
+        InputGradPlane(gd + p * plane_out, f, s, split.data());
+        JoinPlane(split.data(), s, dx);
+      }
+    }
+    // Filter gradient: one channel (all of the batch) per task.
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < s.channels; ++c) {
+      float* gf = gfd + c * taps;
+      std::fill(gf, gf + taps, 0.0f);
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const int64_t p = n * s.channels + c;
+        const float* in = xd + p * plane_in;
+        if (s.stride > 1) {
+          SplitPlane(in, s, split.data());
+          in = split.data();
+        }
+        FilterGradPlane(in, gd + p * plane_out, s, gf);
+      }
+    }
+  }
+  return {grad_x, grad_filter};
+}
+
+std::vector<std::vector<int64_t>> DepthwiseConvInferShape(std::vector<int64_t> x_shape,
+                                                          std::vector<int64_t> filter_shape,
+                                                          int stride, int padding,
+                                                          int dilation) {
+  const int64_t k = filter_shape[2];
+  auto out_size = [&](int64_t in) {
+    return in < 0 ? in : OutSize(in, k, stride, padding, dilation);  // -1: dynamic
+  };
+  return {{x_shape[0], x_shape[1], out_size(x_shape[2]), out_size(x_shape[3])}};
+}
+
+std::vector<paddle::DataType> DepthwiseConvInferDtype(paddle::DataType x_dtype,
+                                                      paddle::DataType filter_dtype) {
+  return {x_dtype};
+}
+
+PD_BUILD_OP(ppcls_depthwise_conv2d)
+    .Inputs({"X", "Filter"})
+    .Outputs({"Out"})
+    .Attrs({"stride: int", "padding: int", "dilation: int"})
+    .SetKernelFn(PD_KERNEL(DepthwiseConvForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(DepthwiseConvInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DepthwiseConvInferDtype));
+
+PD_BUILD_GRAD_OP(ppcls_depthwise_conv2d)
+    .Inputs({"X", "Filter", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Filter")})
+    .Attrs({"stride: int", "padding: int", "dilation: int"})
+    .SetKernelFn(PD_KERNEL(DepthwiseConvBackward));
