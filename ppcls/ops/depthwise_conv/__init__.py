@@ -44,7 +44,7 @@ def compiler_flags():
     """-O3 and OpenMP, plus AVX2/FMA when this x86-64 CPU has them (NEON is on by default
     for aarch64). The flags are part of the cache key, so a cache shared between machines
     never runs code a CPU lacks."""
-    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    flags = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=fast"]
     if platform.machine() in ("x86_64", "AMD64"):
         cpu = set(_cpu_flags())
         if {"avx2", "fma"} <= cpu:

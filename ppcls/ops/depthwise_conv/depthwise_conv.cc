@@ -114,23 +114,29 @@ void InputGradPlane(const float* grad_out, const float* filter, const Shape& s, 
   }
 }
 
-// grad_filter[tap] += sum over the plane of grad_out * the input the tap saw.
-void FilterGradPlane(const float* in, const float* grad_out, const Shape& s, float* grad_filter) {
+// grad_filter[tap] += sum over the plane of grad_out * the input the tap saw. Products are
+// summed per output column into `partial` (vector adds), and reduced once per tap.
+void FilterGradPlane(const float* in, const float* grad_out, const Shape& s, float* partial,
+                     float* grad_filter) {
   const int64_t row_len = RowLength(s);
-  for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    const float* dy = grad_out + oh * s.out_w;
-    for (int64_t kh = 0; kh < s.kernel; ++kh) {
-      const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
-      if (ih < 0 || ih >= s.in_h) continue;
-      for (int64_t kw = 0; kw < s.kernel; ++kw) {
-        int64_t lo, hi;
-        ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
-        const float* x = in + ih * row_len + TapOffset(kw, s);
-        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t o = lo; o < hi; ++o) acc += dy[o] * x[o];
-        grad_filter[kh * s.kernel + kw] += acc;
+  for (int64_t kh = 0; kh < s.kernel; ++kh) {
+    for (int64_t kw = 0; kw < s.kernel; ++kw) {
+      int64_t lo, hi;
+      ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
+      const int64_t offset = TapOffset(kw, s);
+      std::fill(partial, partial + s.out_w, 0.0f);
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
+        if (ih < 0 || ih >= s.in_h) continue;
+        const float* dy = grad_out + oh * s.out_w;
+        const float* x = in + ih * row_len + offset;
+#pragma omp simd
+        for (int64_t o = lo; o < hi; ++o) partial[o] += dy[o] * x[o];
       }
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t o = lo; o < hi; ++o) acc += partial[o];
+      grad_filter[kh * s.kernel + kw] += acc;
     }
   }
 }
@@ -199,6 +205,7 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x,
 #pragma omp parallel
   {
     std::vector<float> split(s.stride > 1 ? s.in_h * RowLength(s) : 0);
+    std::vector<float> partial(s.out_w);
     // Input gradient: one plane per task.
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < s.batch * s.channels; ++p) {
@@ -225,7 +232,7 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x,
           SplitPlane(in, s, split.data());
           in = split.data();
         }
-        FilterGradPlane(in, gd + p * plane_out, s, gf);
+        FilterGradPlane(in, gd + p * plane_out, s, partial.data(), gf);
       }
     }
   }
