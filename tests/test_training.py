@@ -12,6 +12,7 @@ import pytest
 
 from conftest import QUICK_START, ROOT, digits_overrides
 from ppcls.engine.engine import Engine
+from ppcls.ops import depthwise_conv
 from ppcls.utils.config import get_config
 
 CHECKPOINT_FILES = (".pdparams", ".pdopt", ".pdstates")
@@ -137,8 +138,14 @@ def test_amp_on_cpu_warns_and_trains_in_float32(digits, tmp_path, capsys):
 
 
 def test_to_static_training_matches_dygraph(digits, tmp_path):
-    make_engine(digits, tmp_path / "dy", epochs=1).train()
-    make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
+    """The compiled step uses Paddle's depthwise kernel, so dygraph does too here: early
+    training at 32 px amplifies float32 rounding differences between kernels."""
+    depthwise_conv.set_enabled(False)
+    try:
+        make_engine(digits, tmp_path / "dy", epochs=1).train()
+        make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
+    finally:
+        depthwise_conv.set_enabled(True)
     np.testing.assert_allclose(read_log_losses(tmp_path / "st"), read_log_losses(tmp_path / "dy"),
                                rtol=1e-3)
 

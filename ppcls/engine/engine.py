@@ -36,6 +36,7 @@ from ppcls.engine.peer_watchdog import PeerWatchdog
 from ppcls.engine.stop_signals import StopSignals
 from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
+from ppcls.ops import depthwise_conv
 from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
@@ -165,6 +166,9 @@ class Engine:
 
         self.train_model = self.model
         if self.g["to_static"]:
+            # Paddle's tracer cannot follow the custom kernel's dispatch; a compiled graph
+            # keeps Paddle's own operators.
+            depthwise_conv.set_enabled(False)
             self.train_model = paddle.jit.to_static(self.train_model)
         if self.world_size > 1:
             self.train_model = paddle.DataParallel(self.train_model)

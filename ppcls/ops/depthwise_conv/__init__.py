@@ -105,13 +105,19 @@ def is_enabled():
 
 
 def applies(x, weight, bias, stride, padding, dilation, groups):
-    """Whether our kernel covers this call; everything else takes the built-in path."""
-    return (_enabled and paddle.in_dynamic_mode() and x.place.is_cpu_place()
-            and x.dtype == paddle.float32 and weight.dtype == paddle.float32
-            and x.ndim == 4 and bias is None and groups == x.shape[1] == weight.shape[0]
-            and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]
-            and isinstance(stride, int) and isinstance(padding, int)
-            and isinstance(dilation, int))
+    """Whether our kernel covers this call; everything else takes the built-in path.
+    (Plain ifs: Paddle's bytecode tracer for to_static mis-handles a long `and` chain.)"""
+    if not _enabled or not paddle.in_dynamic_mode():
+        return False
+    if not x.place.is_cpu_place() or x.dtype != paddle.float32:
+        return False
+    if weight.dtype != paddle.float32 or x.ndim != 4 or bias is not None:
+        return False
+    if not groups == x.shape[1] == weight.shape[0]:
+        return False
+    if weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
+        return False
+    return all(isinstance(v, int) for v in (stride, padding, dilation))
 
 
 def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
