@@ -10,11 +10,10 @@ torchvision lacks). One run, one Markdown table with ratios.
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from tools.benchmark import median_ms  # noqa: E402
 
 # Our name -> (library, constructor name) of the same architecture in PyTorch.
 TORCH_TWINS = {
@@ -53,15 +52,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def median_seconds(fn, steps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+def median_seconds(fn, steps):
+    """Median of `steps` timed calls after one warm-up."""
+    return median_ms(fn, warmup=1, repeats=steps) / 1000
 
 
 class PaddleBench:

@@ -222,7 +222,8 @@ class Engine:
                     if epoch < epochs and self._agree(False, self.signals.requested)[1]:
                         raise _StopRequested(epoch, self.steps_per_epoch)
             except _StopRequested as stop:
-                self._save_interrupted(stop)  # before the barrier, in case a rank is gone
+                # Save before the barrier, in case a rank is gone.
+                self.save("latest", stop.epoch, stop.iteration, evaluated=stop.evaluated)
                 watch.finish()
                 raise self._interrupted(stop) from None
             watch.finish()
@@ -234,9 +235,6 @@ class Engine:
         if self.vdl:
             self.vdl.close()
         return self.best
-
-    def _save_interrupted(self, stop):
-        self.save("latest", stop.epoch, stop.iteration, evaluated=stop.evaluated)
 
     def _interrupted(self, stop):
         # Without a signal here, another process had one and all agreed to stop.
@@ -393,8 +391,12 @@ class Engine:
     def _check_weights_finite(self, epoch, iteration):
         """Never overwrite a good checkpoint with NaN weights (a finite loss can still
         produce an infinite gradient in its step)."""
-        for name, tensor in self.model.state_dict().items():
-            if not bool(paddle.isfinite(tensor).all()):
+        state = self.model.state_dict()
+        finite = paddle.stack([paddle.isfinite(t).all() for t in state.values()])
+        if bool(finite.all()):  # one host sync, not one per tensor
+            return
+        for name, ok in zip(state, finite.numpy()):
+            if not ok:
                 raise TrainingDiverged(
                     f"{name} holds NaN or infinite values after epoch {epoch}, iteration "
                     f"{iteration}: training stopped without saving. {self._last_saved_text()} "

@@ -100,10 +100,6 @@ def set_enabled(enabled):
     _enabled = bool(enabled)
 
 
-def is_enabled():
-    return _enabled
-
-
 def applies(x, weight, bias, stride, padding, dilation, groups):
     """Whether our kernel covers this call; everything else takes the built-in path.
     (Plain ifs: Paddle's bytecode tracer for to_static mis-handles a long `and` chain.)"""
@@ -137,7 +133,7 @@ class DepthwiseConv2D(paddle.nn.Conv2D):
     def __init__(self, channels, kernel, stride=1):
         super().__init__(channels, channels, kernel, stride=stride, padding=kernel // 2,
                          groups=channels, bias_attr=False)
-        self.kernel, self.stride_, self.padding_ = kernel, stride, kernel // 2
+        self.stride_, self.padding_ = stride, kernel // 2
 
     def forward(self, x):
         return depthwise_conv2d(x, self.weight, None, self.stride_, self.padding_, 1,

@@ -73,45 +73,49 @@ int64_t TapOffset(int64_t kw, const Shape& s) {
 
 int64_t RowLength(const Shape& s) { return s.stride == 1 ? s.in_w : s.stride * PhaseWidth(s); }
 
-// out_plane = depthwise conv of in_plane (already in phase layout when stride > 1).
-void ForwardPlane(const float* in, const float* filter, const Shape& s, float* out) {
-  const int64_t row_len = RowLength(s);
-  std::fill(out, out + s.out_h * s.out_w, 0.0f);
+// Calls body(oh, ih, lo, hi, offset, tap) for every output row oh and kernel tap
+// (kh, kw) whose input row ih exists: output columns [lo, hi) meet input columns at
+// offset + o of row ih (see TapOffset), weighted by filter[tap].
+template <typename Body>
+void ForEachRowTap(const Shape& s, Body body) {
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    float* y = out + oh * s.out_w;
     for (int64_t kh = 0; kh < s.kernel; ++kh) {
       const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
       if (ih < 0 || ih >= s.in_h) continue;
       for (int64_t kw = 0; kw < s.kernel; ++kw) {
         int64_t lo, hi;
         ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
-        const float* x = in + ih * row_len + TapOffset(kw, s);
-        const float w = filter[kh * s.kernel + kw];
-#pragma omp simd
-        for (int64_t o = lo; o < hi; ++o) y[o] += w * x[o];
+        body(oh, ih, lo, hi, TapOffset(kw, s), kh * s.kernel + kw);
       }
     }
   }
 }
 
+// out_plane = depthwise conv of in_plane (already in phase layout when stride > 1).
+void ForwardPlane(const float* in, const float* filter, const Shape& s, float* out) {
+  const int64_t row_len = RowLength(s);
+  std::fill(out, out + s.out_h * s.out_w, 0.0f);
+  ForEachRowTap(s, [&](int64_t oh, int64_t ih, int64_t lo, int64_t hi, int64_t offset,
+                       int64_t tap) {
+    float* y = out + oh * s.out_w;
+    const float* x = in + ih * row_len + offset;
+    const float w = filter[tap];
+#pragma omp simd
+    for (int64_t o = lo; o < hi; ++o) y[o] += w * x[o];
+  });
+}
+
 // grad_in (phase layout when stride > 1) += transposed conv of grad_out.
 void InputGradPlane(const float* grad_out, const float* filter, const Shape& s, float* grad_in) {
   const int64_t row_len = RowLength(s);
-  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+  ForEachRowTap(s, [&](int64_t oh, int64_t ih, int64_t lo, int64_t hi, int64_t offset,
+                       int64_t tap) {
     const float* dy = grad_out + oh * s.out_w;
-    for (int64_t kh = 0; kh < s.kernel; ++kh) {
-      const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
-      if (ih < 0 || ih >= s.in_h) continue;
-      for (int64_t kw = 0; kw < s.kernel; ++kw) {
-        int64_t lo, hi;
-        ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
-        float* dx = grad_in + ih * row_len + TapOffset(kw, s);
-        const float w = filter[kh * s.kernel + kw];
+    float* dx = grad_in + ih * row_len + offset;
+    const float w = filter[tap];
 #pragma omp simd
-        for (int64_t o = lo; o < hi; ++o) dx[o] += w * dy[o];
-      }
-    }
-  }
+    for (int64_t o = lo; o < hi; ++o) dx[o] += w * dy[o];
+  });
 }
 
 // grad_filter[tap] += sum over the plane of grad_out * the input the tap saw. Products are
