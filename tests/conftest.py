@@ -5,9 +5,11 @@ import pytest
 
 # Small, deterministic CPU runs: the suite is sized for 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("GOMP_SPINCOUNT", "0")  # as the tools set it (ppcls/utils/threads.py)
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
+from ppcls.utils.threads import set_default_threads  # noqa: E402
+
+set_default_threads()  # the rest of the tools' defaults, before Paddle is imported
 
 QUICK_START = os.path.join(ROOT, "configs", "quick_start", "MnasNet_B1_x0_5_digits.yaml")
 

@@ -1,4 +1,5 @@
-"""CPU threading defaults, set before Paddle is imported (OpenMP reads them once).
+"""CPU threading and math-library defaults, set before Paddle is imported (OpenMP and MKL
+read them once, when they load).
 
 - OMP_NUM_THREADS: cores divided by processes. Without it, every process of a
   multi-process CPU run would start one thread per core and oversubscribe the machine.
@@ -6,6 +7,12 @@
   spinning. Paddle runs two OpenMP runtimes (GNU for oneDNN and our depthwise kernel, Intel
   for others); spinning threads of one steal the cores the other needs next. Measured on 2
   cores, MnasNet-B1 dygraph inference at batch 1 took 125 ms with spinning, 41 ms without.
+- MKL_DEBUG_CPU_TYPE=5 on AMD CPUs with AVX2: the MKL build inside Paddle's CPU wheel picks
+  its slow generic GEMM on any CPU whose vendor is not Intel; this variable makes it take
+  the AVX2 path (it is not needed, and not set, on Intel). Paddle's dygraph convolutions
+  and matmuls are MKL GEMMs: on the 2-core AMD EPYC here a 336x784x56 GEMM went from
+  about 24 to 80 GFLOP/s on one thread, and MnasNet-B1 x1.3 batch-1 inference from 48 to
+  33 ms.
 Values already in the environment always win.
 """
 
@@ -14,9 +21,31 @@ import os
 
 def set_default_threads():
     os.environ.setdefault("GOMP_SPINCOUNT", "0")
+    if _amd_with_avx2():
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     if "OMP_NUM_THREADS" in os.environ:
         return int(os.environ["OMP_NUM_THREADS"])
     processes = max(1, int(os.environ.get("PADDLE_TRAINERS_NUM", "1")))
     threads = max(1, (os.cpu_count() or 1) // processes)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads
+
+
+def _amd_with_avx2(cpuinfo="/proc/cpuinfo"):
+    """True on an AMD x86 CPU that has AVX2, read from the first processor in cpuinfo
+    (Linux only; elsewhere MKL keeps its own choice)."""
+    vendor, flags = "", ""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "flags" and not flags:
+                    flags = value
+                if vendor and flags:
+                    break
+    except OSError:
+        return False
+    return vendor == "AuthenticAMD" and "avx2" in flags.split()
