@@ -56,6 +56,37 @@ def test_forward_and_gradients_equal_the_builtin_kernel(shape):
                                    err_msg=name)
 
 
+def random_cases(count, seed=7):
+    """Shapes, kernels 1-7, strides 1-3, dilations 1-2 and paddings 0 to kernel * dilation
+    (beyond "same", where the stride-1 input gradient takes its other path)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        k, stride, dilation = int(rng.integers(1, 8)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        pad = int(rng.integers(0, k * dilation + 1))
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        if h + 2 * pad < dilation * (k - 1) + 1 or w + 2 * pad < dilation * (k - 1) + 1:
+            continue  # empty output
+        cases.append((int(rng.integers(1, 4)), int(rng.integers(1, 9)), h, w, k, stride, pad,
+                      dilation))
+    return cases
+
+
+@pytest.mark.parametrize("case", random_cases(16), ids=str)
+def test_random_shapes_equal_the_builtin_kernel(case):
+    n, c, h, w, k, stride, pad, dilation = case
+    rng = np.random.default_rng(sum(case))
+    x = paddle.to_tensor(rng.standard_normal((n, c, h, w)).astype("float32"))
+    weight = paddle.to_tensor(rng.standard_normal((c, 1, k, k)).astype("float32"))
+    kwargs = dict(stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert dw.applies(x, weight, None, **kwargs)
+    ours = conv_and_grads(dw.depthwise_conv2d, x, weight, 2, **kwargs)
+    builtin = conv_and_grads(F.conv2d, x, weight, 2, **kwargs)
+    for name, a, b in zip(("output", "input grad", "filter grad"), ours, builtin):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()),
+                                   err_msg=name)
+
+
 def test_filter_gradient_matches_finite_differences():
     """Independent of Paddle's kernel: central differences of sum(out * g)."""
     rng = np.random.default_rng(0)
@@ -155,3 +186,29 @@ def test_exported_models_use_only_builtin_operators(tmp_path):
     program = open(path + ".json").read() if os.path.isfile(path + ".json") else \
         open(path + ".pdmodel", "rb").read().decode(errors="replace")
     assert "depthwise_conv2d" in program and dw.OP_NAME not in program
+
+
+def test_cpu_benchmark_keeps_each_cases_best_round():
+    from tools.benchmark_cpu import KERNEL_CASES, keep_best
+
+    kernel = f"ours|{KERNEL_CASES[0][0]}"
+    best = {}
+    keep_best(best, {kernel: 30.0, "ours|MnasNet_small, train b32 @32": 100.0, "version": "3"})
+    keep_best(best, {kernel: 40.0, "ours|MnasNet_small, train b32 @32": 120.0, "version": "3"})
+    assert best == {kernel: 30.0, "ours|MnasNet_small, train b32 @32": 120.0, "version": "3"}
+
+
+def test_cpu_benchmark_prints_a_table_of_both_paddle_columns(tmp_path, capsys):
+    from tools import benchmark_cpu
+
+    out = tmp_path / "cpu.md"
+    benchmark_cpu.main(["--names", "MnasNet_small", "--train_sizes", "32", "--batch", "2",
+                        "--steps", "1", "--rounds", "1", "--skip_kernels", "--no_torch",
+                        "--threads", "2", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| MnasNet_small")]
+    assert [row.split(" | ")[0] for row in rows] == ["| MnasNet_small, train b2 @32",
+                                                     "| MnasNet_small, dygraph infer b1 @224"]
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        assert cells[1].endswith(" img/s") and cells[2].endswith(" img/s")
+        assert float(cells[4]) > 0 and cells[3] == "-" and cells[5] == "-"

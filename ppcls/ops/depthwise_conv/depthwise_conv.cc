@@ -1,16 +1,23 @@
 // Depthwise 2-D convolution on CPU for Paddle: NCHW float32, one square K x K filter per
 // channel, no bias; forward, input gradient and weight gradient.
 //
-// Every kernel walks output rows. For each kernel tap (kh, kw) the work on one row is an
-// axpy or a dot product over a contiguous range of output columns, which the compiler
-// vectorises (AVX2/FMA or NEON, see build flags in __init__.py). With stride s > 1 an input
-// row is first split into s "phases" (columns r, r + s, r + 2s, ...), so that input column
-// s * o + t is element o + floor(t / s) of phase t mod s: contiguous again.
+// Stride 1 (most layers): the plane is copied into a buffer with its zero padding around
+// it, so each filter tap reads the whole plane at one fixed offset. The forward pass then
+// sums all taps of kLanes outputs in a register and stores them once; the input gradient
+// is the same computation on the output gradient with the filter flipped; each weight
+// gradient is one long dot product. Rows of any width, even 7, run as whole vectors.
+//
+// Stride s > 1: an input row is first split into s "phases" (columns r, r + s, r + 2s,
+// ...), so that input column s * o + t is element o + floor(t / s) of phase t mod s:
+// contiguous again. Each kernel tap is then an axpy or a dot product over a row.
+//
+// Loops over columns vectorise (AVX2/FMA or NEON, see the build flags in __init__.py).
 // Threads (OpenMP) take whole channel planes, so no two threads write the same memory.
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -91,7 +98,7 @@ void ForEachRowTap(const Shape& s, Body body) {
   }
 }
 
-// out_plane = depthwise conv of in_plane (already in phase layout when stride > 1).
+// out_plane = depthwise conv of in_plane, in phase layout (stride > 1).
 void ForwardPlane(const float* in, const float* filter, const Shape& s, float* out) {
   const int64_t row_len = RowLength(s);
   std::fill(out, out + s.out_h * s.out_w, 0.0f);
@@ -145,6 +152,120 @@ void FilterGradPlane(const float* in, const float* grad_out, const Shape& s, flo
   }
 }
 
+// GCC/Clang vector of 8 floats: one AVX2 register with -mavx2, two NEON registers on
+// aarch64, plain SSE otherwise.
+constexpr int64_t kLanes = 8;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vec Load(const float* p) {  // unaligned
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The stride-1 layout: `pad` zero rows and columns around the plane, row stride
+// in_w + 2 * pad, and slack after the last row for the vectors that run past it.
+struct PaddedLayout {
+  int64_t row_stride, size;
+};
+
+PaddedLayout PadLayout(const Shape& s) {
+  const int64_t row_stride = s.in_w + 2 * s.pad, rows = s.in_h + 2 * s.pad;
+  return {row_stride, rows * row_stride + s.dilation * (s.kernel - 1) + kLanes};
+}
+
+// Copies an h x w plane into `out` from row `top`, column `left` on, with row stride
+// `row_stride`. The rest of `out` keeps its zeros (buffers are zeroed once per thread).
+void CopyIntoRows(const float* in, int64_t h, int64_t w, int64_t top, int64_t left,
+                  int64_t row_stride, float* out) {
+  for (int64_t r = 0; r < h; ++r)
+    std::memcpy(out + (top + r) * row_stride + left, in + r * w, w * sizeof(float));
+}
+
+// y = the taps of the padded input summed per kLanes outputs, out_h rows at the padded row
+// stride (columns past out_w are scratch). K: the kernel size at compile time, 0 if not.
+template <int K>
+void ForwardPadded(const float* padded, const float* filter, const Shape& s,
+                   const PaddedLayout& layout, float* y) {
+  const int64_t k = K > 0 ? K : s.kernel, n = s.out_h * layout.row_stride;
+  const int64_t row_step = s.dilation * layout.row_stride;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    Vec acc = {};
+    for (int64_t kh = 0; kh < k; ++kh) {
+      const float* x = padded + i + kh * row_step;
+      const float* w = filter + kh * k;
+      for (int64_t kw = 0; kw < k; ++kw) acc += w[kw] * Load(x + kw * s.dilation);
+    }
+    std::memcpy(y + i, &acc, sizeof acc);
+  }
+}
+
+// out_plane = stride-1 depthwise conv of in_plane. `padded` and `y` are per-thread scratch
+// of layout.size floats; padded's border must be zero.
+void ForwardStride1(const float* in, const float* filter, const Shape& s,
+                    const PaddedLayout& layout, float* padded, float* y, float* out) {
+  CopyIntoRows(in, s.in_h, s.in_w, s.pad, s.pad, layout.row_stride, padded);
+  switch (s.kernel) {  // MnasNet's sizes get unrolled tap loops
+    case 3: ForwardPadded<3>(padded, filter, s, layout, y); break;
+    case 5: ForwardPadded<5>(padded, filter, s, layout, y); break;
+    default: ForwardPadded<0>(padded, filter, s, layout, y); break;
+  }
+  for (int64_t r = 0; r < s.out_h; ++r)
+    std::memcpy(out + r * s.out_w, y + r * layout.row_stride, s.out_w * sizeof(float));
+}
+
+// With stride 1 the input gradient is the forward conv of the output gradient with the
+// filter flipped and padding dilation * (K - 1) - pad; this is that conv's shape (input and
+// output swap roles). It applies when that padding is not negative.
+bool InputGradIsForward(const Shape& s) {
+  return s.stride == 1 && s.pad <= s.dilation * (s.kernel - 1);
+}
+
+Shape InputGradAsForward(const Shape& s) {
+  return Shape{s.batch, s.channels, s.out_h, s.out_w, s.in_h, s.in_w,
+               s.kernel, 1, s.dilation * (s.kernel - 1) - s.pad, s.dilation};
+}
+
+// out[g] += sum over i < n of dy[i] * x[i + g * step] for g < G, in G vector accumulators.
+template <int G>
+void DotTaps(const float* dy, const float* x, int64_t n, int64_t step, float* out) {
+  Vec acc[G] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec d = Load(dy + i);
+    for (int g = 0; g < G; ++g) acc[g] += d * Load(x + i + g * step);
+  }
+  for (int g = 0; g < G; ++g) {
+    float sum = 0.0f;
+    for (int64_t lane = 0; lane < kLanes; ++lane) sum += acc[g][lane];
+    for (int64_t j = i; j < n; ++j) sum += dy[j] * x[j + g * step];
+    out[g] += sum;
+  }
+}
+
+// grad_filter += stride-1 weight gradient of one plane: x padded, grad_out at the padded
+// row stride with zeros past out_w (they cancel the reads that wrap into the next row).
+void FilterGradStride1(const float* padded_x, const float* strided_dy, const Shape& s,
+                       const PaddedLayout& layout, float* grad_filter) {
+  const int64_t n = s.out_h * layout.row_stride;
+  for (int64_t kh = 0; kh < s.kernel; ++kh) {
+    const float* x = padded_x + kh * s.dilation * layout.row_stride;
+    for (int64_t kw = 0; kw < s.kernel;) {  // up to 5 columns of taps per pass
+      const int64_t group = std::min<int64_t>(5, s.kernel - kw);
+      float* out = grad_filter + kh * s.kernel + kw;
+      const float* xk = x + kw * s.dilation;
+      switch (group) {
+        case 5: DotTaps<5>(strided_dy, xk, n, s.dilation, out); break;
+        case 4: DotTaps<4>(strided_dy, xk, n, s.dilation, out); break;
+        case 3: DotTaps<3>(strided_dy, xk, n, s.dilation, out); break;
+        case 2: DotTaps<2>(strided_dy, xk, n, s.dilation, out); break;
+        default: DotTaps<1>(strided_dy, xk, n, s.dilation, out); break;
+      }
+      kw += group;
+    }
+  }
+}
+
 Shape GetShape(const paddle::Tensor& x, const paddle::Tensor& filter, int stride, int pad,
                int dilation) {
   const auto xs = x.shape();
@@ -175,18 +296,24 @@ std::vector<paddle::Tensor> DepthwiseConvForward(const paddle::Tensor& x,
   const float* fd = filter.data<float>();
   float* od = out.data<float>();
   const int64_t planes = s.batch * s.channels;
+  const PaddedLayout layout = PadLayout(s);
+  const bool padded_path = s.stride == 1;
 #pragma omp parallel
   {
-    std::vector<float> split(s.stride > 1 ? s.in_h * RowLength(s) : 0);
+    std::vector<float> split(padded_path ? 0 : s.in_h * RowLength(s));
+    std::vector<float> padded(padded_path ? layout.size : 0, 0.0f);
+    std::vector<float> y(padded_path ? layout.size : 0);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
       const float* in = xd + p * s.in_h * s.in_w;
-      if (s.stride > 1) {
+      const float* f = fd + (p % s.channels) * s.kernel * s.kernel;
+      float* out = od + p * s.out_h * s.out_w;
+      if (padded_path) {
+        ForwardStride1(in, f, s, layout, padded.data(), y.data(), out);
+      } else {
         SplitPlane(in, s, split.data());
-        in = split.data();
+        ForwardPlane(split.data(), f, s, out);
       }
-      ForwardPlane(in, fd + (p % s.channels) * s.kernel * s.kernel, s,
-                   od + p * s.out_h * s.out_w);
     }
   }
   return {out};
@@ -206,16 +333,27 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x,
   float* gfd = grad_filter.data<float>();
   const int64_t plane_in = s.in_h * s.in_w, plane_out = s.out_h * s.out_w;
   const int64_t taps = s.kernel * s.kernel;
+  const bool input_grad_padded = InputGradIsForward(s), filter_grad_padded = s.stride == 1;
+  const Shape flipped = InputGradAsForward(s);
+  const PaddedLayout flipped_layout = PadLayout(flipped), layout = PadLayout(s);
 #pragma omp parallel
   {
     std::vector<float> split(s.stride > 1 ? s.in_h * RowLength(s) : 0);
-    std::vector<float> partial(s.out_w);
+    std::vector<float> partial(s.out_w), flipped_filter(taps);
+    std::vector<float> padded_dy(input_grad_padded ? flipped_layout.size : 0, 0.0f);
+    std::vector<float> y(input_grad_padded ? flipped_layout.size : 0);
+    std::vector<float> padded_x(filter_grad_padded ? layout.size : 0, 0.0f);
+    std::vector<float> strided_dy(filter_grad_padded ? layout.size : 0, 0.0f);
     // Input gradient: one plane per task.
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < s.batch * s.channels; ++p) {
       const float* f = fd + (p % s.channels) * taps;
       float* dx = gxd + p * plane_in;
-      if (s.stride == 1) {
+      if (input_grad_padded) {
+        std::reverse_copy(f, f + taps, flipped_filter.begin());  // flips both axes
+        ForwardStride1(gd + p * plane_out, flipped_filter.data(), flipped, flipped_layout,
+                       padded_dy.data(), y.data(), dx);
+      } else if (s.stride == 1) {
         std::fill(dx, dx + plane_in, 0.0f);
         InputGradPlane(gd + p * plane_out, f, s, dx);
       } else {
@@ -231,12 +369,16 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x,
       std::fill(gf, gf + taps, 0.0f);
       for (int64_t n = 0; n < s.batch; ++n) {
         const int64_t p = n * s.channels + c;
-        const float* in = xd + p * plane_in;
-        if (s.stride > 1) {
-          SplitPlane(in, s, split.data());
-          in = split.data();
+        if (filter_grad_padded) {
+          CopyIntoRows(xd + p * plane_in, s.in_h, s.in_w, s.pad, s.pad, layout.row_stride,
+                       padded_x.data());
+          CopyIntoRows(gd + p * plane_out, s.out_h, s.out_w, 0, 0, layout.row_stride,
+                       strided_dy.data());
+          FilterGradStride1(padded_x.data(), strided_dy.data(), s, layout, gf);
+        } else {
+          SplitPlane(xd + p * plane_in, s, split.data());
+          FilterGradPlane(split.data(), gd + p * plane_out, s, partial.data(), gf);
         }
-        FilterGradPlane(in, gd + p * plane_out, s, partial.data(), gf);
       }
     }
   }
