@@ -1,15 +1,12 @@
 // Depthwise 2-D convolution on CPU for Paddle: NCHW float32, one square K x K filter per
 // channel, no bias; forward, input gradient and weight gradient.
 //
-// Stride 1 (most layers): the plane is copied into a buffer with its zero padding around
-// it, so each filter tap reads the whole plane at one fixed offset. The forward pass then
-// sums all taps of kLanes outputs in a register and stores them once; the input gradient
-// is the same computation on the output gradient with the filter flipped; each weight
-// gradient is one long dot product. Rows of any width, even 7, run as whole vectors.
-//
-// Stride s > 1: an input row is first split into s "phases" (columns r, r + s, r + 2s,
-// ...), so that input column s * o + t is element o + floor(t / s) of phase t mod s:
-// contiguous again. Each kernel tap is then an axpy or a dot product over a row.
+// Each plane is first copied into a buffer with its zero padding around it, split into
+// stride x stride phases when the stride is above 1 (see PhaseLayout). Every filter tap
+// then reads the plane at one fixed offset: the forward pass sums all K * K taps of 8
+// outputs in a register and stores them once, and each weight-gradient tap is one long
+// dot product. The input gradient (a transposed convolution) is the same kind of sum per
+// phase (see TransposedPlan). Rows of any width, even 7, run as whole vectors.
 //
 // Loops over columns vectorise (AVX2/FMA or NEON, see the build flags in __init__.py).
 // Threads (OpenMP) take whole channel planes, so no two threads write the same memory.
@@ -33,125 +30,6 @@ int64_t OutSize(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t
   return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
 }
 
-int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-// Output columns [*lo, *hi) whose input column o * stride + offset lies inside [0, in_w).
-void ValidColumns(int64_t offset, const Shape& s, int64_t* lo, int64_t* hi) {
-  int64_t first = offset >= 0 ? 0 : (-offset + s.stride - 1) / s.stride;
-  int64_t last = s.in_w - 1 - offset;  // largest o * stride allowed
-  int64_t end = last >= 0 ? last / s.stride + 1 : 0;
-  *lo = std::min(first, s.out_w);
-  *hi = std::max(*lo, std::min(end, s.out_w));
-}
-
-// Columns per phase when a row of in_w values is split into `stride` phases.
-int64_t PhaseWidth(const Shape& s) { return (s.in_w + s.stride - 1) / s.stride; }
-
-// Split every row of an H x W plane into phases: out[(row * stride + r) * pw + j] =
-// in[row * W + j * stride + r]. Unused tail slots are zero.
-void SplitPlane(const float* in, const Shape& s, float* out) {
-  const int64_t pw = PhaseWidth(s);
-  for (int64_t row = 0; row < s.in_h; ++row) {
-    const float* src = in + row * s.in_w;
-    float* dst = out + row * s.stride * pw;
-    std::fill(dst, dst + s.stride * pw, 0.0f);
-    for (int64_t col = 0; col < s.in_w; ++col) dst[(col % s.stride) * pw + col / s.stride] = src[col];
-  }
-}
-
-// The inverse of SplitPlane (phase layout back to plain rows).
-void JoinPlane(const float* in, const Shape& s, float* out) {
-  const int64_t pw = PhaseWidth(s);
-  for (int64_t row = 0; row < s.in_h; ++row) {
-    const float* src = in + row * s.stride * pw;
-    float* dst = out + row * s.in_w;
-    for (int64_t col = 0; col < s.in_w; ++col) dst[col] = src[(col % s.stride) * pw + col / s.stride];
-  }
-}
-
-// Where tap column kw reads: the row pointer offset (in the phase layout when stride > 1)
-// such that element o is input column o * stride + kw * dilation - pad.
-int64_t TapOffset(int64_t kw, const Shape& s) {
-  const int64_t t = kw * s.dilation - s.pad;
-  if (s.stride == 1) return t;
-  const int64_t q = FloorDiv(t, s.stride);
-  return (t - q * s.stride) * PhaseWidth(s) + q;
-}
-
-int64_t RowLength(const Shape& s) { return s.stride == 1 ? s.in_w : s.stride * PhaseWidth(s); }
-
-// Calls body(oh, ih, lo, hi, offset, tap) for every output row oh and kernel tap
-// (kh, kw) whose input row ih exists: output columns [lo, hi) meet input columns at
-// offset + o of row ih (see TapOffset), weighted by filter[tap].
-template <typename Body>
-void ForEachRowTap(const Shape& s, Body body) {
-  for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    for (int64_t kh = 0; kh < s.kernel; ++kh) {
-      const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
-      if (ih < 0 || ih >= s.in_h) continue;
-      for (int64_t kw = 0; kw < s.kernel; ++kw) {
-        int64_t lo, hi;
-        ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
-        body(oh, ih, lo, hi, TapOffset(kw, s), kh * s.kernel + kw);
-      }
-    }
-  }
-}
-
-// out_plane = depthwise conv of in_plane, in phase layout (stride > 1).
-void ForwardPlane(const float* in, const float* filter, const Shape& s, float* out) {
-  const int64_t row_len = RowLength(s);
-  std::fill(out, out + s.out_h * s.out_w, 0.0f);
-  ForEachRowTap(s, [&](int64_t oh, int64_t ih, int64_t lo, int64_t hi, int64_t offset,
-                       int64_t tap) {
-    float* y = out + oh * s.out_w;
-    const float* x = in + ih * row_len + offset;
-    const float w = filter[tap];
-#pragma omp simd
-    for (int64_t o = lo; o < hi; ++o) y[o] += w * x[o];
-  });
-}
-
-// grad_in (phase layout when stride > 1) += transposed conv of grad_out.
-void InputGradPlane(const float* grad_out, const float* filter, const Shape& s, float* grad_in) {
-  const int64_t row_len = RowLength(s);
-  ForEachRowTap(s, [&](int64_t oh, int64_t ih, int64_t lo, int64_t hi, int64_t offset,
-                       int64_t tap) {
-    const float* dy = grad_out + oh * s.out_w;
-    float* dx = grad_in + ih * row_len + offset;
-    const float w = filter[tap];
-#pragma omp simd
-    for (int64_t o = lo; o < hi; ++o) dx[o] += w * dy[o];
-  });
-}
-
-// grad_filter[tap] += sum over the plane of grad_out * the input the tap saw. Products are
-// summed per output column into `partial` (vector adds), and reduced once per tap.
-void FilterGradPlane(const float* in, const float* grad_out, const Shape& s, float* partial,
-                     float* grad_filter) {
-  const int64_t row_len = RowLength(s);
-  for (int64_t kh = 0; kh < s.kernel; ++kh) {
-    for (int64_t kw = 0; kw < s.kernel; ++kw) {
-      int64_t lo, hi;
-      ValidColumns(kw * s.dilation - s.pad, s, &lo, &hi);
-      const int64_t offset = TapOffset(kw, s);
-      std::fill(partial, partial + s.out_w, 0.0f);
-      for (int64_t oh = 0; oh < s.out_h; ++oh) {
-        const int64_t ih = oh * s.stride + kh * s.dilation - s.pad;
-        if (ih < 0 || ih >= s.in_h) continue;
-        const float* dy = grad_out + oh * s.out_w;
-        const float* x = in + ih * row_len + offset;
-#pragma omp simd
-        for (int64_t o = lo; o < hi; ++o) partial[o] += dy[o] * x[o];
-      }
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t o = lo; o < hi; ++o) acc += partial[o];
-      grad_filter[kh * s.kernel + kw] += acc;
-    }
-  }
-}
-
 // GCC/Clang vector of 8 floats: one AVX2 register with -mavx2, two NEON registers on
 // aarch64, plain SSE otherwise.
 constexpr int64_t kLanes = 8;
@@ -163,15 +41,31 @@ inline Vec Load(const float* p) {  // unaligned
   return v;
 }
 
-// The stride-1 layout: `pad` zero rows and columns around the plane, row stride
-// in_w + 2 * pad, and slack after the last row for the vectors that run past it.
-struct PaddedLayout {
-  int64_t row_stride, size;
+// The padded-phase layout. The plane is copied into a buffer with its zero padding around
+// it and, for stride s > 1, split into s x s phases: phase (a, b) holds padded rows
+// a, a + s, ... and columns b, b + s, .... Then tap (kh, kw) of output (oh, o) reads element
+// oh * row_stride + o + tap_offset[tap] for every output: one fixed offset per tap, and
+// output rows laid out at row_stride run as one long vector loop (columns past out_w are
+// scratch; a zero output gradient there cancels their reads in the weight gradient).
+struct PhaseLayout {
+  int64_t stride, rows, row_stride, phase_size, size;  // per phase; size incl. slack
+  std::vector<int64_t> tap_offset;                     // per tap kh * K + kw
 };
 
-PaddedLayout PadLayout(const Shape& s) {
-  const int64_t row_stride = s.in_w + 2 * s.pad, rows = s.in_h + 2 * s.pad;
-  return {row_stride, rows * row_stride + s.dilation * (s.kernel - 1) + kLanes};
+PhaseLayout MakePhaseLayout(const Shape& s) {
+  const int64_t st = s.stride;
+  PhaseLayout layout{st, (s.in_h + 2 * s.pad + st - 1) / st, (s.in_w + 2 * s.pad + st - 1) / st,
+                     0, 0, std::vector<int64_t>(s.kernel * s.kernel)};
+  layout.phase_size = layout.rows * layout.row_stride;
+  layout.size = st * st * layout.phase_size + layout.row_stride + kLanes;
+  for (int64_t kh = 0; kh < s.kernel; ++kh) {
+    for (int64_t kw = 0; kw < s.kernel; ++kw) {
+      const int64_t r = kh * s.dilation, c = kw * s.dilation;
+      layout.tap_offset[kh * s.kernel + kw] = ((r % st) * st + c % st) * layout.phase_size +
+                                              r / st * layout.row_stride + c / st;
+    }
+  }
+  return layout;
 }
 
 // Copies an h x w plane into `out` from row `top`, column `left` on, with row stride
@@ -182,87 +76,151 @@ void CopyIntoRows(const float* in, int64_t h, int64_t w, int64_t top, int64_t le
     std::memcpy(out + (top + r) * row_stride + left, in + r * w, w * sizeof(float));
 }
 
-// y = the taps of the padded input summed per kLanes outputs, out_h rows at the padded row
-// stride (columns past out_w are scratch). K: the kernel size at compile time, 0 if not.
-template <int K>
-void ForwardPadded(const float* padded, const float* filter, const Shape& s,
-                   const PaddedLayout& layout, float* y) {
-  const int64_t k = K > 0 ? K : s.kernel, n = s.out_h * layout.row_stride;
-  const int64_t row_step = s.dilation * layout.row_stride;
+// Calls move(plane_index, phase_index) for every input element: where it sits in the
+// plain plane and in the padded-phase layout. Stride 1 copies whole rows instead.
+template <typename Move>
+void ForEachPhaseElement(const Shape& s, const PhaseLayout& layout, Move move) {
+  const int64_t st = s.stride;
+  for (int64_t r = 0; r < s.in_h; ++r) {
+    const int64_t pr = r + s.pad;
+    const int64_t row = (pr % st) * st * layout.phase_size + pr / st * layout.row_stride;
+    for (int64_t c0 = 0; c0 < st; ++c0) {  // input columns c0, c0 + st, ... share a phase
+      const int64_t phase_row = row + (c0 + s.pad) % st * layout.phase_size;
+      for (int64_t c = c0, j = (c0 + s.pad) / st; c < s.in_w; c += st, ++j)
+        move(r * s.in_w + c, phase_row + j);
+    }
+  }
+}
+
+// The input plane into its padded-phase layout (padding positions keep their zeros).
+void FillPhases(const float* in, const Shape& s, const PhaseLayout& layout, float* out) {
+  if (s.stride == 1) return CopyIntoRows(in, s.in_h, s.in_w, s.pad, s.pad, layout.row_stride, out);
+  ForEachPhaseElement(s, layout, [&](int64_t i, int64_t j) { out[j] = in[i]; });
+}
+
+// The inverse: a plane in padded-phase layout back to plain rows, padding dropped.
+void ReadPhases(const float* in, const Shape& s, const PhaseLayout& layout, float* out) {
+  if (s.stride == 1) {
+    for (int64_t r = 0; r < s.in_h; ++r)
+      std::memcpy(out + r * s.in_w, in + (r + s.pad) * layout.row_stride + s.pad,
+                  s.in_w * sizeof(float));
+    return;
+  }
+  ForEachPhaseElement(s, layout, [&](int64_t i, int64_t j) { out[i] = in[j]; });
+}
+
+// y[i] = sum over t of weight[t] * src[i + offset[t]], for i < n rounded up to whole
+// vectors, summed in a register per kLanes outputs. T: the tap count at compile time (the
+// loop over taps unrolls), 0 if not.
+template <int T>
+void SumTaps(const float* src, const float* weight, const int64_t* offset, int64_t taps,
+             int64_t n, float* y) {
+  const int64_t count = T > 0 ? T : taps;
   for (int64_t i = 0; i < n; i += kLanes) {
     Vec acc = {};
-    for (int64_t kh = 0; kh < k; ++kh) {
-      const float* x = padded + i + kh * row_step;
-      const float* w = filter + kh * k;
-      for (int64_t kw = 0; kw < k; ++kw) acc += w[kw] * Load(x + kw * s.dilation);
-    }
+    for (int64_t t = 0; t < count; ++t) acc += weight[t] * Load(src + i + offset[t]);
     std::memcpy(y + i, &acc, sizeof acc);
   }
 }
 
-// out_plane = stride-1 depthwise conv of in_plane. `padded` and `y` are per-thread scratch
-// of layout.size floats; padded's border must be zero.
-void ForwardStride1(const float* in, const float* filter, const Shape& s,
-                    const PaddedLayout& layout, float* padded, float* y, float* out) {
-  CopyIntoRows(in, s.in_h, s.in_w, s.pad, s.pad, layout.row_stride, padded);
-  switch (s.kernel) {  // MnasNet's sizes get unrolled tap loops
-    case 3: ForwardPadded<3>(padded, filter, s, layout, y); break;
-    case 5: ForwardPadded<5>(padded, filter, s, layout, y); break;
-    default: ForwardPadded<0>(padded, filter, s, layout, y); break;
+void SumTapsAnyCount(const float* src, const float* weight, const int64_t* offset,
+                     int64_t taps, int64_t n, float* y) {
+  switch (taps) {  // MnasNet's 3x3 and 5x5 filters at stride 1
+    case 9: return SumTaps<9>(src, weight, offset, taps, n, y);
+    case 25: return SumTaps<25>(src, weight, offset, taps, n, y);
+    default: return SumTaps<0>(src, weight, offset, taps, n, y);
   }
+}
+
+// out_plane = depthwise conv of in_plane. `phases` and `y` are per-thread scratch of
+// layout.size floats; phases' padding positions must be zero.
+void ForwardPlane(const float* in, const float* filter, const Shape& s,
+                  const PhaseLayout& layout, float* phases, float* y, float* out) {
+  FillPhases(in, s, layout, phases);
+  SumTapsAnyCount(phases, filter, layout.tap_offset.data(), s.kernel * s.kernel,
+                  s.out_h * layout.row_stride, y);
   for (int64_t r = 0; r < s.out_h; ++r)
     std::memcpy(out + r * s.out_w, y + r * layout.row_stride, s.out_w * sizeof(float));
 }
 
-// With stride 1 the input gradient is the forward conv of the output gradient with the
-// filter flipped and padding dilation * (K - 1) - pad; this is that conv's shape (input and
-// output swap roles). It applies when that padding is not negative.
-bool InputGradIsForward(const Shape& s) {
-  return s.stride == 1 && s.pad <= s.dilation * (s.kernel - 1);
+// The input gradient is a transposed convolution. Phase (a, b) of the padded input gradient
+// gets, from each tap whose (kh * dilation, kw * dilation) falls in that phase, the tap's
+// weight times the output gradient shifted by the tap's position in phase units. With the
+// output gradient placed at row `top`, column `left` of a zero buffer at the phase row
+// stride (the largest shifts), every shift is again one fixed forward offset, and the
+// row ends that wrap read zeros.
+struct TransposedPlan {
+  int64_t top, left, size;              // grad_out's place in its buffer; buffer floats
+  std::vector<int64_t> begin;           // phase ph has entries [begin[ph], begin[ph + 1])
+  std::vector<int64_t> tap, offset;     // per entry: the filter tap and where it reads
+};
+
+TransposedPlan MakeTransposedPlan(const Shape& s, const PhaseLayout& layout) {
+  const int64_t st = s.stride, rs = layout.row_stride, reach = (s.kernel - 1) * s.dilation / st;
+  TransposedPlan plan{reach, reach, (layout.rows + reach + 1) * rs + reach + 2 * kLanes,
+                      {0}, {}, {}};
+  for (int64_t phase = 0; phase < st * st; ++phase) {
+    for (int64_t kh = 0; kh < s.kernel; ++kh) {
+      for (int64_t kw = 0; kw < s.kernel; ++kw) {
+        const int64_t r = kh * s.dilation, c = kw * s.dilation;
+        if ((r % st) * st + c % st != phase) continue;
+        plan.tap.push_back(kh * s.kernel + kw);
+        plan.offset.push_back((plan.top - r / st) * rs + plan.left - c / st);
+      }
+    }
+    plan.begin.push_back(plan.tap.size());
+  }
+  return plan;
 }
 
-Shape InputGradAsForward(const Shape& s) {
-  return Shape{s.batch, s.channels, s.out_h, s.out_w, s.in_h, s.in_w,
-               s.kernel, 1, s.dilation * (s.kernel - 1) - s.pad, s.dilation};
+// grad_in of one plane from its output gradient, already placed in `shifted_dy` (see
+// TransposedPlan). `weight` (K * K floats) and `phases` (layout.size) are scratch.
+void InputGradPlane(const float* shifted_dy, const float* filter, const Shape& s,
+                    const PhaseLayout& layout, const TransposedPlan& plan, float* weight,
+                    float* phases, float* grad_in) {
+  for (size_t e = 0; e < plan.tap.size(); ++e) weight[e] = filter[plan.tap[e]];
+  // Phases in order: a phase's last vector spills into the next one, computed after it.
+  for (int64_t phase = 0; phase + 1 < static_cast<int64_t>(plan.begin.size()); ++phase) {
+    const int64_t b = plan.begin[phase];
+    SumTapsAnyCount(shifted_dy, weight + b, plan.offset.data() + b, plan.begin[phase + 1] - b,
+                    layout.phase_size, phases + phase * layout.phase_size);
+  }
+  ReadPhases(phases, s, layout, grad_in);
 }
 
-// out[g] += sum over i < n of dy[i] * x[i + g * step] for g < G, in G vector accumulators.
+// out[g] += sum over i < n of dy[i] * x[i + offset[g]] for g < G, in G vector accumulators.
 template <int G>
-void DotTaps(const float* dy, const float* x, int64_t n, int64_t step, float* out) {
+void DotTaps(const float* dy, const float* x, int64_t n, const int64_t* offset, float* out) {
   Vec acc[G] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const Vec d = Load(dy + i);
-    for (int g = 0; g < G; ++g) acc[g] += d * Load(x + i + g * step);
+    for (int g = 0; g < G; ++g) acc[g] += d * Load(x + i + offset[g]);
   }
   for (int g = 0; g < G; ++g) {
     float sum = 0.0f;
     for (int64_t lane = 0; lane < kLanes; ++lane) sum += acc[g][lane];
-    for (int64_t j = i; j < n; ++j) sum += dy[j] * x[j + g * step];
+    for (int64_t j = i; j < n; ++j) sum += dy[j] * x[j + offset[g]];
     out[g] += sum;
   }
 }
 
-// grad_filter += stride-1 weight gradient of one plane: x padded, grad_out at the padded
-// row stride with zeros past out_w (they cancel the reads that wrap into the next row).
-void FilterGradStride1(const float* padded_x, const float* strided_dy, const Shape& s,
-                       const PaddedLayout& layout, float* grad_filter) {
-  const int64_t n = s.out_h * layout.row_stride;
-  for (int64_t kh = 0; kh < s.kernel; ++kh) {
-    const float* x = padded_x + kh * s.dilation * layout.row_stride;
-    for (int64_t kw = 0; kw < s.kernel;) {  // up to 5 columns of taps per pass
-      const int64_t group = std::min<int64_t>(5, s.kernel - kw);
-      float* out = grad_filter + kh * s.kernel + kw;
-      const float* xk = x + kw * s.dilation;
-      switch (group) {
-        case 5: DotTaps<5>(strided_dy, xk, n, s.dilation, out); break;
-        case 4: DotTaps<4>(strided_dy, xk, n, s.dilation, out); break;
-        case 3: DotTaps<3>(strided_dy, xk, n, s.dilation, out); break;
-        case 2: DotTaps<2>(strided_dy, xk, n, s.dilation, out); break;
-        default: DotTaps<1>(strided_dy, xk, n, s.dilation, out); break;
-      }
-      kw += group;
+// grad_filter += the weight gradient of one plane: x in its padded-phase layout, grad_out
+// at layout.row_stride with zeros past out_w.
+void FilterGradPlane(const float* phases, const float* strided_dy, const Shape& s,
+                     const PhaseLayout& layout, float* grad_filter) {
+  const int64_t n = s.out_h * layout.row_stride, taps = s.kernel * s.kernel;
+  const int64_t* offset = layout.tap_offset.data();
+  for (int64_t t = 0; t < taps;) {  // up to 5 taps per pass, each in its own accumulator
+    const int64_t group = std::min<int64_t>(5, taps - t);
+    switch (group) {
+      case 5: DotTaps<5>(strided_dy, phases, n, offset + t, grad_filter + t); break;
+      case 4: DotTaps<4>(strided_dy, phases, n, offset + t, grad_filter + t); break;
+      case 3: DotTaps<3>(strided_dy, phases, n, offset + t, grad_filter + t); break;
+      case 2: DotTaps<2>(strided_dy, phases, n, offset + t, grad_filter + t); break;
+      default: DotTaps<1>(strided_dy, phases, n, offset + t, grad_filter + t); break;
     }
+    t += group;
   }
 }
 
@@ -296,24 +254,14 @@ std::vector<paddle::Tensor> DepthwiseConvForward(const paddle::Tensor& x,
   const float* fd = filter.data<float>();
   float* od = out.data<float>();
   const int64_t planes = s.batch * s.channels;
-  const PaddedLayout layout = PadLayout(s);
-  const bool padded_path = s.stride == 1;
+  const PhaseLayout layout = MakePhaseLayout(s);
 #pragma omp parallel
   {
-    std::vector<float> split(padded_path ? 0 : s.in_h * RowLength(s));
-    std::vector<float> padded(padded_path ? layout.size : 0, 0.0f);
-    std::vector<float> y(padded_path ? layout.size : 0);
+    std::vector<float> phases(layout.size, 0.0f), y(layout.size);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
-      const float* in = xd + p * s.in_h * s.in_w;
-      const float* f = fd + (p % s.channels) * s.kernel * s.kernel;
-      float* out = od + p * s.out_h * s.out_w;
-      if (padded_path) {
-        ForwardStride1(in, f, s, layout, padded.data(), y.data(), out);
-      } else {
-        SplitPlane(in, s, split.data());
-        ForwardPlane(split.data(), f, s, out);
-      }
+      ForwardPlane(xd + p * s.in_h * s.in_w, fd + (p % s.channels) * s.kernel * s.kernel, s,
+                   layout, phases.data(), y.data(), od + p * s.out_h * s.out_w);
     }
   }
   return {out};
@@ -333,52 +281,32 @@ std::vector<paddle::Tensor> DepthwiseConvBackward(const paddle::Tensor& x,
   float* gfd = grad_filter.data<float>();
   const int64_t plane_in = s.in_h * s.in_w, plane_out = s.out_h * s.out_w;
   const int64_t taps = s.kernel * s.kernel;
-  const bool input_grad_padded = InputGradIsForward(s), filter_grad_padded = s.stride == 1;
-  const Shape flipped = InputGradAsForward(s);
-  const PaddedLayout flipped_layout = PadLayout(flipped), layout = PadLayout(s);
+  const PhaseLayout layout = MakePhaseLayout(s);
+  const TransposedPlan plan = MakeTransposedPlan(s, layout);
 #pragma omp parallel
   {
-    std::vector<float> split(s.stride > 1 ? s.in_h * RowLength(s) : 0);
-    std::vector<float> partial(s.out_w), flipped_filter(taps);
-    std::vector<float> padded_dy(input_grad_padded ? flipped_layout.size : 0, 0.0f);
-    std::vector<float> y(input_grad_padded ? flipped_layout.size : 0);
-    std::vector<float> padded_x(filter_grad_padded ? layout.size : 0, 0.0f);
-    std::vector<float> strided_dy(filter_grad_padded ? layout.size : 0, 0.0f);
+    std::vector<float> phases(layout.size), weight(taps);
+    std::vector<float> shifted_dy(plan.size, 0.0f), strided_dy(layout.size, 0.0f);
     // Input gradient: one plane per task.
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < s.batch * s.channels; ++p) {
-      const float* f = fd + (p % s.channels) * taps;
-      float* dx = gxd + p * plane_in;
-      if (input_grad_padded) {
-        std::reverse_copy(f, f + taps, flipped_filter.begin());  // flips both axes
-        ForwardStride1(gd + p * plane_out, flipped_filter.data(), flipped, flipped_layout,
-                       padded_dy.data(), y.data(), dx);
-      } else if (s.stride == 1) {
-        std::fill(dx, dx + plane_in, 0.0f);
-        InputGradPlane(gd + p * plane_out, f, s, dx);
-      } else {
-        std::fill(split.begin(), split.end(), 0.0f);
-        InputGradPlane(gd + p * plane_out, f, s, split.data());
-        JoinPlane(split.data(), s, dx);
-      }
+      CopyIntoRows(gd + p * plane_out, s.out_h, s.out_w, plan.top, plan.left,
+                   layout.row_stride, shifted_dy.data());
+      InputGradPlane(shifted_dy.data(), fd + (p % s.channels) * taps, s, layout, plan,
+                     weight.data(), phases.data(), gxd + p * plane_in);
     }
     // Filter gradient: one channel (all of the batch) per task.
+    std::fill(phases.begin(), phases.end(), 0.0f);  // its padding must read as zeros now
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < s.channels; ++c) {
       float* gf = gfd + c * taps;
       std::fill(gf, gf + taps, 0.0f);
       for (int64_t n = 0; n < s.batch; ++n) {
         const int64_t p = n * s.channels + c;
-        if (filter_grad_padded) {
-          CopyIntoRows(xd + p * plane_in, s.in_h, s.in_w, s.pad, s.pad, layout.row_stride,
-                       padded_x.data());
-          CopyIntoRows(gd + p * plane_out, s.out_h, s.out_w, 0, 0, layout.row_stride,
-                       strided_dy.data());
-          FilterGradStride1(padded_x.data(), strided_dy.data(), s, layout, gf);
-        } else {
-          SplitPlane(xd + p * plane_in, s, split.data());
-          FilterGradPlane(split.data(), gd + p * plane_out, s, partial.data(), gf);
-        }
+        FillPhases(xd + p * plane_in, s, layout, phases.data());
+        CopyIntoRows(gd + p * plane_out, s.out_h, s.out_w, 0, 0, layout.row_stride,
+                     strided_dy.data());
+        FilterGradPlane(phases.data(), strided_dy.data(), s, layout, gf);
       }
     }
   }
