@@ -29,7 +29,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--no_dygraph", action="store_true", help="skip the dygraph timing")
-    parser.add_argument("--out_dir", default="log/benchmark")
+    parser.add_argument("--out_dir", default="output/benchmark",
+                        help="where the table, CSV and plot go (the committed run is in log/benchmark)")
     return parser.parse_args(argv)
 
 
