@@ -48,13 +48,14 @@ inline Vec Load(const float* p) {  // unaligned
 // output rows laid out at row_stride run as one long vector loop (columns past out_w are
 // scratch; a zero output gradient there cancels their reads in the weight gradient).
 struct PhaseLayout {
-  int64_t stride, rows, row_stride, phase_size, size;  // per phase; size incl. slack
-  std::vector<int64_t> tap_offset;                     // per tap kh * K + kw
+  int64_t rows, row_stride, phase_size;  // of one phase
+  int64_t size;                          // floats of all phases plus slack for vector reads
+  std::vector<int64_t> tap_offset;       // per tap kh * K + kw
 };
 
 PhaseLayout MakePhaseLayout(const Shape& s) {
   const int64_t st = s.stride;
-  PhaseLayout layout{st, (s.in_h + 2 * s.pad + st - 1) / st, (s.in_w + 2 * s.pad + st - 1) / st,
+  PhaseLayout layout{(s.in_h + 2 * s.pad + st - 1) / st, (s.in_w + 2 * s.pad + st - 1) / st,
                      0, 0, std::vector<int64_t>(s.kernel * s.kernel)};
   layout.phase_size = layout.rows * layout.row_stride;
   layout.size = st * st * layout.phase_size + layout.row_stride + kLanes;
@@ -77,7 +78,7 @@ void CopyIntoRows(const float* in, int64_t h, int64_t w, int64_t top, int64_t le
 }
 
 // Calls move(plane_index, phase_index) for every input element: where it sits in the
-// plain plane and in the padded-phase layout. Stride 1 copies whole rows instead.
+// plain plane and in the padded-phase layout. (With stride 1 the callers copy whole rows.)
 template <typename Move>
 void ForEachPhaseElement(const Shape& s, const PhaseLayout& layout, Move move) {
   const int64_t st = s.stride;
