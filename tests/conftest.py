@@ -29,6 +29,11 @@ def digits(tmp_path_factory):
     return root
 
 
+def config_args(overrides, *more):
+    """A tool's arguments: the quick-start config with these overrides."""
+    return ["-c", QUICK_START, *(arg for o in [*overrides, *more] for arg in ("-o", o))]
+
+
 def digits_overrides(root, output_dir, epochs=2, seed=7, extra=()):
     """Overrides that turn the quick-start config into a seconds-long run."""
     return [

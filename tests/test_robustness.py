@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import QUICK_START, ROOT, digits_overrides
+from conftest import QUICK_START, ROOT, config_args, digits_overrides
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.data.dataloader import ImageNetDataset
@@ -31,10 +31,6 @@ ARCH_DIR = "MnasNet_B1_x0_5"
 def write_list(path, lines):
     path.write_text("".join(f"{line}\n" for line in lines))
     return str(path)
-
-
-def overrides_args(overrides):
-    return sum((["-o", o] for o in overrides), [])
 
 
 @pytest.fixture
@@ -149,8 +145,8 @@ def run_cli(tool, args, capsys):
 def test_evaluation_stops_at_an_unreadable_image_naming_it(bad_digits, tmp_path, capsys):
     root, lines = bad_digits
     listed = write_list(tmp_path / "val.txt", lines[:5] + ["corrupt.png 3"] + lines[5:])
-    code, out = run_cli(eval_tool, ["-c", QUICK_START, *overrides_args(digits_overrides(
-        root, tmp_path / "out", extra=[f"DataLoader.Eval.dataset.cls_label_path={listed}"]))],
+    code, out = run_cli(eval_tool, config_args(digits_overrides(
+        root, tmp_path / "out", extra=[f"DataLoader.Eval.dataset.cls_label_path={listed}"])),
         capsys)
     assert code == 2
     assert re.search(r"(?m)^error: cannot use image .*val.txt:6: .*corrupt.png: not a "
@@ -185,8 +181,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("override,message", BAD_CONFIGS, ids=[b[0].split("=")[0] for b in BAD_CONFIGS])
 def test_config_mistakes_are_one_line_naming_the_key(digits, tmp_path, capsys, override,
                                                      message):
-    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path)), "-o",
-            override]
+    args = config_args(digits_overrides(digits, tmp_path), override)
     code, out = run_cli(train_tool, args, capsys)
     assert code == 2
     assert out.err.startswith("error: ") and out.err.count("\n") == 1, out.err
@@ -212,8 +207,7 @@ def test_tool_error_has_no_traceback_unless_debug(tmp_path):
                                       ("Global.checkpoints", train_tool)])
 def test_missing_weights_path_is_named(digits, tmp_path, capsys, suffix, key, tool):
     missing = tmp_path / "nowhere" / f"best_model{suffix}"
-    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path)),
-            "-o", f"{key}={missing}"]
+    args = config_args(digits_overrides(digits, tmp_path), f"{key}={missing}")
     code, out = run_cli(tool, args, capsys)
     assert code == 2
     assert re.fullmatch(r"error: weights file not found: .*nowhere/best_model\.pdparams "
@@ -223,8 +217,8 @@ def test_missing_weights_path_is_named(digits, tmp_path, capsys, suffix, key, to
 def test_checkpoint_of_another_architecture_is_refused(digits, tmp_path, capsys):
     other = build_model({"Arch": {"name": "MnasNet_A1_x0_5", "class_num": 10}})
     paddle.save(other.state_dict(), str(tmp_path / "a1.pdparams"))
-    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path)),
-            "-o", f"Global.pretrained_model={tmp_path / 'a1'}"]
+    args = config_args(digits_overrides(digits, tmp_path),
+                       f"Global.pretrained_model={tmp_path / 'a1'}")
     code, out = run_cli(eval_tool, args, capsys)
     assert code == 2
     assert re.search(r"a1.pdparams does not fit this model \(MnasNet\): shape mismatch "
@@ -233,7 +227,7 @@ def test_checkpoint_of_another_architecture_is_refused(digits, tmp_path, capsys)
 
 # ---------------------------------------------------------------- numerics
 def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(digits, tmp_path, capsys):
-    args = ["-c", QUICK_START, *overrides_args(digits_overrides(digits, tmp_path, epochs=2))]
+    args = config_args(digits_overrides(digits, tmp_path, epochs=2))
     assert run_cli(train_tool, args + ["-o", "Global.epochs=1"], capsys)[0] == 0
     latest = tmp_path / ARCH_DIR / "latest"
     before = {ext: (latest.parent / (latest.name + ext)).read_bytes()
@@ -338,7 +332,7 @@ def test_a_corrupt_checkpoint_without_a_previous_copy_is_named(tmp_path):
 def train_command(digits, output_dir, extra=()):
     overrides = digits_overrides(digits, output_dir, epochs=3, extra=[
         "Global.save_latest_steps=2", *extra])
-    return [sys.executable, "tools/train.py", "-c", QUICK_START, *overrides_args(overrides)]
+    return [sys.executable, "tools/train.py", *config_args(overrides)]
 
 
 ENV = dict(os.environ, OMP_NUM_THREADS="2")
@@ -450,8 +444,8 @@ def test_a_dead_worker_takes_the_job_down_with_a_message(digits, tmp_path):
     logs = tmp_path / "launch_logs"
     overrides = digits_overrides(digits, tmp_path, epochs=20)
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(logs),
-           "--nproc_per_node", "2", "tools/train.py", "-c", QUICK_START,
-           *overrides_args(overrides)]
+           "--nproc_per_node", "2", "tools/train.py",
+           *config_args(overrides)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -477,8 +471,8 @@ def test_sigterm_to_a_multi_process_job_saves_latest(digits, tmp_path):
     overrides = digits_overrides(digits, tmp_path, epochs=20,
                                  extra=["DataLoader.Train.loader.num_workers=1"])
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(logs),
-           "--nproc_per_node", "2", "tools/train.py", "-c", QUICK_START,
-           *overrides_args(overrides)]
+           "--nproc_per_node", "2", "tools/train.py",
+           *config_args(overrides)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker_log = logs / "workerlog.0"

@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import QUICK_START, ROOT, digits_overrides
+from conftest import QUICK_START, ROOT, config_args, digits_overrides
 from ppcls.engine.engine import Engine
 from ppcls.ops import depthwise_conv
 from ppcls.utils.config import get_config
@@ -81,9 +81,8 @@ def test_best_model_metric_equals_eval_tool(digits, tmp_path, ema):
     best = tmp_path / "MnasNet_B1_x0_5" / "best_model"
     state = paddle.load(str(best) + ".pdstates")
     assert os.path.isfile(str(best) + ".pdema") == ema
-    output = run_tool("tools/eval.py", "-c", QUICK_START,
-                      *sum((["-o", o] for o in digits_overrides(digits, tmp_path / "eval")), []),
-                      "-o", f"Global.pretrained_model={best}", *sum((["-o", e] for e in extra), []))
+    output = run_tool("tools/eval.py", *config_args(digits_overrides(digits, tmp_path / "eval"),
+                                                    f"Global.pretrained_model={best}", *extra))
     top1, line = eval_top1(output)
     assert top1 == state["metric"], line
     assert ("EMA weights" in line) == ema
@@ -91,15 +90,13 @@ def test_best_model_metric_equals_eval_tool(digits, tmp_path, ema):
 
 def test_two_processes_train_in_sync_and_evaluate_exactly(digits, tmp_path):
     overrides = digits_overrides(digits, tmp_path / "ddp", epochs=1)
-    output = run_tool("tools/train.py", "-c", QUICK_START,
-                      *sum((["-o", o] for o in overrides), []), nproc=2)
+    run_tool("tools/train.py", *config_args(overrides), nproc=2)
     log = open(tmp_path / "ddp" / "MnasNet_B1_x0_5" / "train.log").read()
     assert "2 replicas hold identical weights" in log
     assert "2 process(es)" in log
     best = tmp_path / "ddp" / "MnasNet_B1_x0_5" / "best_model"
-    eval_args = ["tools/eval.py", "-c", QUICK_START,
-                 *sum((["-o", o] for o in digits_overrides(digits, tmp_path / "e")), []),
-                 "-o", f"Global.pretrained_model={best}"]
+    eval_args = ["tools/eval.py", *config_args(digits_overrides(digits, tmp_path / "e"),
+                                               f"Global.pretrained_model={best}")]
     single, _ = eval_top1(run_tool(*eval_args))
     double, line = eval_top1(run_tool(*eval_args, nproc=2))
     assert single == double == paddle.load(str(best) + ".pdstates")["metric"]

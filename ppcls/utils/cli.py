@@ -18,16 +18,11 @@ def run(main, args):
     debug = getattr(args, "debug", False)
     try:
         return main(args) or 0
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, TrainingDiverged) as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, TrainingDiverged) else 2
     except TrainingInterrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
         return err.exit_code

@@ -31,21 +31,27 @@ def set_default_threads():
     return threads
 
 
-def _amd_with_avx2(cpuinfo="/proc/cpuinfo"):
-    """True on an AMD x86 CPU that has AVX2, read from the first processor in cpuinfo
-    (Linux only; elsewhere MKL keeps its own choice)."""
-    vendor, flags = "", ""
+def cpu_info(path="/proc/cpuinfo"):
+    """(vendor_id, set of flags) of the first processor listed in cpuinfo; ("", set())
+    where there is no such file (not Linux)."""
+    vendor, flags = "", None
     try:
-        with open(cpuinfo) as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
                 if key == "vendor_id" and not vendor:
                     vendor = value.strip()
-                elif key == "flags" and not flags:
-                    flags = value
-                if vendor and flags:
+                elif key == "flags" and flags is None:
+                    flags = set(value.split())
+                if vendor and flags is not None:
                     break
     except OSError:
-        return False
-    return vendor == "AuthenticAMD" and "avx2" in flags.split()
+        pass
+    return vendor, flags or set()
+
+
+def _amd_with_avx2(cpuinfo="/proc/cpuinfo"):
+    """True on an AMD x86 CPU that has AVX2 (elsewhere MKL keeps its own choice)."""
+    vendor, flags = cpu_info(cpuinfo)
+    return vendor == "AuthenticAMD" and "avx2" in flags

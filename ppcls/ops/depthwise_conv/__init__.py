@@ -23,6 +23,8 @@ import warnings
 import paddle
 import paddle.nn.functional as F
 
+from ppcls.utils.threads import cpu_info
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv.cc")
 OP_NAME = "ppcls_depthwise_conv2d"
 
@@ -31,23 +33,13 @@ _module = None  # the loaded op module, False after a failed build
 _enabled = os.environ.get("PPCLS_DEPTHWISE_CONV", "custom") != "builtin"
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f
-                         if line.startswith("flags")), [])
-    except OSError:
-        return []
-
-
 def compiler_flags():
     """-O3 and OpenMP, plus AVX2/FMA when this x86-64 CPU has them (NEON is on by default
     for aarch64). The flags are part of the cache key, so a cache shared between machines
     never runs code a CPU lacks."""
     flags = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=fast"]
     if platform.machine() in ("x86_64", "AMD64"):
-        cpu = set(_cpu_flags())
-        if {"avx2", "fma"} <= cpu:
+        if {"avx2", "fma"} <= cpu_info()[1]:
             flags += ["-mavx2", "-mfma"]
     return flags
 

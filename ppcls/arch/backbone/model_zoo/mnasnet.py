@@ -11,7 +11,6 @@ reproduction's extra ReLU after the first block's 1x1 projection BatchNorm.
 import math
 from collections import namedtuple
 
-import paddle
 import paddle.nn as nn
 
 from ppcls.arch.registry import register_model
