@@ -29,6 +29,8 @@ if [ "$MODE" = "whole_infer" ]; then
         # No network here: make weights by training one short epoch on the prepared data.
         echo "whole_infer: no local pretrained file (${url:-none}); training weights in ${weights_dir}"
         train_cmd=$(tipc_value "$FILENAME" train_params norm_train)
+        # an AMP chain config has only amp_train; its YAML is the same (trained here in float32)
+        [ -n "$train_cmd" ] || train_cmd=$(tipc_value "$FILENAME" train_params amp_train)
         python tools/train.py -c "$(yaml_of "$train_cmd")" -o Global.device=cpu -o Global.epochs=1 \
             -o Global.output_dir="$weights_dir" -o Global.eval_during_train=False \
             -o DataLoader.Train.sampler.batch_size=8 $(data_overrides "$data_dir") ${3:+-o Arch.name=$3}

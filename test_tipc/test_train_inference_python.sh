@@ -22,7 +22,11 @@ fi
 param() { tipc_value "$FILENAME" "$1" "$2"; }
 model_name=${MODEL_OVERRIDE:-$(param train_params model_name)}
 python_cmd=$(param train_params python)
-command -v "$python_cmd" > /dev/null 2>&1 || python_cmd=python
+# (running it, not `command -v`: a pyenv shim exists for versions that are not installed)
+if ! "$python_cmd" -c "" > /dev/null 2>&1; then
+    echo "the config's interpreter ${python_cmd} is not installed: running with $(command -v python)"
+    python_cmd=python
+fi
 gpu_list=$(param train_params gpu_list)
 autocast_list=$(param train_params "-o Global.auto_cast")
 epochs=$(value_for_mode "$(param train_params "-o Global.epochs")" "$MODE")
@@ -30,6 +34,7 @@ batch_size=$(value_for_mode "$(param train_params "-o DataLoader.Train.sampler.b
 train_pretrained=$(param train_params "-o Global.pretrained_model")
 trainer_list=$(param train_params trainer)
 norm_train=$(param train_params norm_train)
+amp_train=$(param train_params amp_train)
 to_static_args=$(param train_params to_static_train)
 eval_cmd=$(param eval_params eval)
 norm_export=$(param infer_params norm_export)
@@ -136,20 +141,30 @@ else
             launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${LOG_PATH}/launch --gpus=${gpu}")
         fi
         for autocast in ${autocast_list//|/ }; do
-            if [ "$autocast" = "amp" ] && [ "$device" = "cpu" ]; then
-                skipped "AMP needs a GPU" "${norm_train} -o AMP.use_amp=True" "$status_log" "$model_name"
+            # PaddleClas's values: amp is AMP O1, fp16 is AMP O2.
+            amp_args=""
+            case "$autocast" in
+                amp) amp_args="-o AMP.use_amp=True -o AMP.level=O1" ;;
+                fp16) amp_args="-o AMP.use_amp=True -o AMP.level=O2" ;;
+            esac
+            if [ -n "$amp_args" ] && [ "$device" = "cpu" ]; then
+                skipped "AMP (auto_cast ${autocast}) needs a GPU" "${norm_train} ${amp_args}" "$status_log" "$model_name"
                 continue
             fi
-            amp_args=$([ "$autocast" = "amp" ] && echo "-o AMP.use_amp=True -o AMP.level=O1")
             for trainer in ${trainer_list//|/ }; do
-                extra=""
-                if [ "$trainer" = "to_static_train" ]; then extra=$to_static_args; fi
-                if [ "$trainer" != "norm_train" ] && [ "$trainer" != "to_static_train" ]; then
-                    skipped "trainer ${trainer} is not provided" "$trainer" "$status_log" "$model_name"
+                case "$trainer" in
+                    norm_train) train_cmd=$norm_train extra="" ;;
+                    to_static_train) train_cmd=$norm_train extra=$to_static_args ;;
+                    amp_train) train_cmd=$amp_train extra="" ;;
+                    *) skipped "trainer ${trainer} is not provided" "$trainer" "$status_log" "$model_name"
+                       continue ;;
+                esac
+                if [ "$trainer" = "amp_train" ] && [ "$device" = "cpu" ]; then
+                    skipped "amp_train needs a GPU (AMP trains in float16 on GPUs only)" "$amp_train" "$status_log" "$model_name"
                     continue
                 fi
                 out="${LOG_PATH}/${trainer}_gpus_${gpu//,/-}_autocast_${autocast}"
-                run "train_$(basename "$out")" "${python_cmd} ${launcher:+$launcher --log_dir ${out}/dist_log} ${norm_train} ${extra} ${amp_args} -o Global.device=${device} -o Global.epochs=${epochs} -o Global.output_dir=${out} $(set_param -o\ DataLoader.Train.sampler.batch_size "$batch_size") $(set_param -o\ Global.pretrained_model "$train_pretrained") $(data_overrides "$data_dir") ${arch_override}" || continue
+                run "train_$(basename "$out")" "${python_cmd} ${launcher:+$launcher --log_dir ${out}/dist_log} ${train_cmd} ${extra} ${amp_args} -o Global.device=${device} -o Global.epochs=${epochs} -o Global.output_dir=${out} $(set_param -o\ DataLoader.Train.sampler.batch_size "$batch_size") $(set_param -o\ Global.pretrained_model "$train_pretrained") $(data_overrides "$data_dir") ${arch_override}" || continue
                 weights="${out}/${model_name}/latest"
                 run "eval_$(basename "$out")" "${python_cmd} ${eval_cmd} -o Global.device=cpu -o Global.pretrained_model=${weights} $(data_overrides "$data_dir") ${arch_override}"
                 export_and_infer "$weights" "$out"

@@ -35,7 +35,8 @@ def config_args(overrides, *more):
 
 
 def digits_overrides(root, output_dir, epochs=2, seed=7, extra=()):
-    """Overrides that turn the quick-start config into a seconds-long run."""
+    """Overrides that turn the quick-start config into a seconds-long run (`seed=None`
+    leaves the seed unset, so each run draws its own)."""
     return [
         f"DataLoader.Train.dataset.image_root={root}",
         f"DataLoader.Train.dataset.cls_label_path={root}/train_small.txt",
@@ -45,7 +46,7 @@ def digits_overrides(root, output_dir, epochs=2, seed=7, extra=()):
         "DataLoader.Eval.sampler.batch_size=8",
         f"Global.output_dir={output_dir}",
         f"Global.epochs={epochs}",
-        f"Global.seed={seed}",
+        f"Global.seed={'null' if seed is None else seed}",
         "Global.print_batch_step=1",
         "Global.save_interval=1",
         *extra,

@@ -59,6 +59,29 @@ def test_defaults_fill_global():
     assert config["Global"]["epochs"] == 1 and config["Global"]["device"] == "gpu"
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    ([], 10),                                                    # the config's Arch.class_num
+    (["Arch.class_num=null"], 1000),                             # null is unset
+    (["Arch.class_num=null", "Global.class_num=7"], 7),          # upstream's Global key
+    (["Global.class_num=10"], 10),                               # both, equal
+])
+def test_class_num_is_decided_once_and_reaches_the_model(overrides, expected):
+    config = get_config(QUICK_START, overrides)
+    assert config["Arch"]["class_num"] == config["Global"]["class_num"] == expected
+    model = build_model(config)
+    assert model.fc.weight.shape[-1] == expected
+
+
+@pytest.mark.parametrize("override, message", [
+    ("Global.class_num=100", r"Arch.class_num \(10\) and Global.class_num \(100\) differ"),
+    ("Arch.class_num=0", "Arch.class_num must be a positive integer, got 0"),
+    ("Arch.class_num=ten", "Arch.class_num must be a positive integer, got 'ten'"),
+])
+def test_bad_class_num_is_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        get_config(QUICK_START, [override])
+
+
 def test_parse_override_reads_yaml_values():
     assert parse_override("A.b=1e-3") == (["A", "b"], 1e-3)
     assert parse_override("A.b=True") == (["A", "b"], True)

@@ -107,6 +107,45 @@ def test_train_shards_are_padded_equal_and_seeded_consistently():
     assert len(seeds) == 38  # each position has its own augmentation seed
 
 
+@pytest.mark.parametrize("n", [1, 7, 37, 96, 101])
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ranks_with_one_seed_cover_every_sample_once_per_epoch(n, replicas, drop_last):
+    """The padding rule of sampler.py: each sample once across ranks, plus the first
+    ceil(n / W) * W - n of the epoch's order repeated; drop_last leaves out each rank's
+    last partial batch instead."""
+    batch = 4
+    for epoch in (1, 2):
+        shards = []
+        for rank in range(replicas):
+            sampler = DistributedBatchSampler(_Sized(n), batch, shuffle=True, seed=5,
+                                              drop_last=drop_last, num_replicas=replicas,
+                                              rank=rank)
+            sampler.set_epoch(epoch)
+            shards.append([i for b in sampler for i, _ in b])
+            assert shards[-1] == list(sampler.epoch_indices())
+        counts = np.bincount(np.concatenate(shards).astype(int), minlength=n)
+        per_rank = -(-n // replicas)
+        order = np.random.default_rng([5, epoch]).permutation(n)
+        padded = np.bincount(np.resize(order, per_rank * replicas), minlength=n)
+        if drop_last:  # never more than the padded plan, and whole batches only
+            assert (counts <= padded).all()
+            assert counts.sum() == replicas * (per_rank // batch) * batch
+        else:  # every sample, and repeats exactly where the padding puts them
+            assert counts.min() >= 1 and (counts == padded).all()
+
+
+def test_ranks_with_their_own_seeds_overlap():
+    """What a per-rank seed did: shards drawn from different permutations overlap."""
+    shards = []
+    for rank, seed in enumerate((11, 12)):
+        sampler = DistributedBatchSampler(_Sized(1000), 10, shuffle=True, seed=seed,
+                                          num_replicas=2, rank=rank)
+        sampler.set_epoch(1)
+        shards.append(sampler.epoch_indices())
+    assert len(set(np.concatenate(shards))) < 800  # about 750 expected
+
+
 def test_start_batch_replays_the_tail_of_the_epoch():
     sampler = DistributedBatchSampler(_Sized(50), 8, shuffle=True, seed=1, num_replicas=1, rank=0)
     sampler.set_epoch(2)

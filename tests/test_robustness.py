@@ -124,6 +124,26 @@ def test_unreadable_images_are_skipped_in_training_and_counted(bad_digits, tmp_p
     assert len(engine.train_loader.policy.skipped) == 2
 
 
+def test_images_skipped_on_every_rank_are_named_in_rank_0s_log(bad_digits, tmp_path):
+    """Unshuffled, rank 0 reads list lines 1, 3, ..., 21 and rank 1 lines 2, 4, ..., 22."""
+    root, lines = bad_digits
+    listed = write_list(tmp_path / "list.txt", lines + ["corrupt.png 3", "empty.png 4"])
+    overrides = digits_overrides(root, tmp_path, epochs=1, extra=[
+        f"DataLoader.Train.dataset.cls_label_path={listed}",
+        "DataLoader.Train.sampler.shuffle=False",
+        "DataLoader.Train.dataset.max_bad_fraction=0.2", "Global.eval_during_train=False"])
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir",
+           str(tmp_path / "logs"), "--nproc_per_node", "2", "tools/train.py",
+           *config_args(overrides)]
+    subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True,
+                   capture_output=True, timeout=600)
+    log = (tmp_path / ARCH_DIR / "train.log").read_text()
+    line = re.search(r"\[Train\]\[Epoch 1\] skipped 2 unreadable image\(s\) this epoch: .*", log)
+    assert line, log[-3000:]
+    assert re.search(r"list.txt:21: .*corrupt.png", line.group(0))  # rank 0's
+    assert re.search(r"list.txt:22: .*empty.png", line.group(0))    # rank 1's
+
+
 def test_too_many_unreadable_images_stop_training(bad_digits, tmp_path):
     root, lines = bad_digits
     listed = write_list(tmp_path / "list.txt", lines + ["corrupt.png 3", "empty.png 4"])
@@ -469,7 +489,8 @@ def test_sigterm_to_a_multi_process_job_saves_latest(digits, tmp_path):
     included); the ranks agree on an iteration and rank 0 saves it."""
     logs = tmp_path / "launch_logs"
     overrides = digits_overrides(digits, tmp_path, epochs=20,
-                                 extra=["DataLoader.Train.loader.num_workers=1"])
+                                 extra=["DataLoader.Train.loader.num_workers=1",
+                                        "DataLoader.Train.sampler.batch_size=2"])
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(logs),
            "--nproc_per_node", "2", "tools/train.py",
            *config_args(overrides)]
@@ -489,3 +510,15 @@ def test_sigterm_to_a_multi_process_job_saves_latest(digits, tmp_path):
     state = latest_state(tmp_path / ARCH_DIR)
     assert (state["epoch"], state["iter"]) == (int(stopped.group(1)), int(stopped.group(2)))
     assert "stopped: received SIGTERM" in (logs / "workerlog.1").read_text(errors="replace")
+
+    # That mid-epoch `latest` (24 steps per epoch: the stop lands well before the end)
+    # holds a 2-process plan, which one process cannot replay.
+    resumed = subprocess.run(
+        [sys.executable, "tools/train.py", *config_args(
+            overrides, f"Global.checkpoints={tmp_path / ARCH_DIR / 'latest'}")],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 2, (state, resumed.stdout[-3000:])
+    assert re.search(r"error: .*latest was saved in the middle of epoch \d+ \(iteration \d+ of "
+                     r"24\), and this run plans the data differently \(world_size 2 -> 1, "
+                     r"steps_per_epoch 24 -> 48\): resume with 2 process\(es\)", resumed.stderr)
+    assert "Traceback" not in resumed.stderr

@@ -1,12 +1,13 @@
 """CPU defaults chosen before Paddle loads (ppcls/utils/threads.py)."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
 
-from ppcls.utils.threads import _amd_with_avx2
+from ppcls.utils.threads import _amd_with_avx2, processes_on_this_node, usable_cores
 
 CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}
@@ -44,11 +45,38 @@ def test_values_in_the_environment_win():
     assert out == ["3", "7", "2"]
 
 
-def test_threads_default_to_cores_shared_by_the_processes():
-    code = ("import os; from ppcls.utils.threads import set_default_threads; "
-            "print(set_default_threads(), os.cpu_count())")
-    env = {"PADDLE_TRAINERS_NUM": "2", "PATH": "/usr/bin:/bin"}
-    threads, cores = map(int, subprocess.run([sys.executable, "-c", code], env=env,
-                                             capture_output=True, text=True, cwd=ROOT,
-                                             check=True).stdout.split())
-    assert threads == max(1, cores // 2)
+def default_threads(**env):
+    code = "from ppcls.utils.threads import set_default_threads; print(set_default_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin", **env},
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    return int(out)
+
+
+def test_threads_are_shared_by_the_processes_of_this_node_not_the_world():
+    one_node = default_threads(PADDLE_LOCAL_SIZE="2", PADDLE_TRAINERS_NUM="2")
+    two_nodes = default_threads(PADDLE_LOCAL_SIZE="2", PADDLE_TRAINERS_NUM="4")
+    alone = default_threads()
+    assert one_node == two_nodes
+    assert one_node == max(1, usable_cores() // 2) and alone == usable_cores()
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "100000 100000\n"}, 1),                 # v2: one CPU
+    ({"cpu.max": "50000 100000\n"}, 1),                  # half a CPU still gets a thread
+    ({"cpu.max": "max 100000\n"}, None),                 # v2: unlimited
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),   # v1: none
+    ({}, None),                                          # no cgroup files
+])
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(str(tmp_path)) == (expected if expected else affinity)
+
+
+def test_processes_on_this_node_prefers_the_local_size():
+    assert processes_on_this_node({"PADDLE_LOCAL_SIZE": "4", "PADDLE_TRAINERS_NUM": "16"}) == 4
+    assert processes_on_this_node({"PADDLE_TRAINERS_NUM": "3"}) == 3
+    assert processes_on_this_node({}) == 1

@@ -68,3 +68,26 @@ def test_paddleclas_written_config_runs_with_our_model_name(lite_data, tmp_path)
     assert len(lines) == 4 and all(" Run successfully" in line for line in lines)  # train, eval, export, infer
     assert all("-o Arch.name=MnasNet_B1_x0_5" in line for line in lines[:3])
     assert "Skipped (use_fp16=True runs on GPUs here)" in log
+
+
+AMP_CHAIN = os.path.join(ROOT, "test_tipc", "config", "MnasNet",
+                         "MnasNet_B1_x0_5_train_amp_infer_python.txt")
+
+
+def test_amp_chain_and_a_missing_interpreter_are_named_on_cpu(lite_data, tmp_path):
+    """PaddleClas's AMP chain form (trainer amp_train) runs unchanged on a GPU machine; on
+    CPU each of its trainings is one clear skip line, and a config naming an interpreter
+    that is not installed (upstream's python3.7) runs with the current one and says so."""
+    text = open(AMP_CHAIN).read().replace("python:python", "python:python3.7")
+    text = text.replace("model_name:MnasNet_B1_x0_5", "model_name:tipc_amp_check")
+    config = tmp_path / "amp.txt"
+    config.write_text(text)
+    proc = bash("test_tipc/test_train_inference_python.sh", str(config), "lite_train_lite_infer")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "the config's interpreter python3.7 is not installed: running with" in proc.stdout
+    log = results("tipc_amp_check")
+    skips = [line for line in log.splitlines()
+             if line.startswith(" Skipped (amp_train needs a GPU")]
+    assert len(skips) == 2  # gpu_list 0 and 0,1
+    assert "-o AMP.use_amp=True" in skips[0] and "-o AMP.level=O2" in skips[0]
+    assert "TIPC: 0 passed, 0 failed" in proc.stdout

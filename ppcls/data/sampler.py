@@ -2,8 +2,17 @@
 
 Each epoch's order and every sample's augmentation seed are functions of (seed, epoch), so
 any rank or worker sees the same plan and a resumed epoch replays exactly; `start_batch`
-skips batches already trained on. Training shards are padded to equal length (every rank
-must step together); evaluation shards are never padded, so no sample is counted twice.
+skips batches already trained on. All ranks must use the same seed (the engine broadcasts
+rank 0's): rank r then takes positions r, r + W, r + 2W, ... of one shared permutation,
+so across the W ranks every sample is trained on exactly once per epoch, except that
+
+  - training shards are padded to equal length (every rank must step together): when W
+    does not divide the N samples, the first ceil(N / W) * W - N samples of the epoch's
+    permutation are trained on twice;
+  - with `drop_last`, each rank leaves out its last partial batch that epoch (the
+    permutation, and so which samples, changes every epoch).
+
+Evaluation shards are contiguous and never padded, so no sample is counted twice.
 """
 
 import math
@@ -42,6 +51,10 @@ class DistributedBatchSampler:
             positions = np.arange(self.rank * per_rank, min((self.rank + 1) * per_rank, n))
         seeds = plan.integers(0, 2**62, size=len(order))
         return order[positions], seeds[positions]
+
+    def epoch_indices(self):
+        """The sample indices this rank trains on in the current epoch, in order."""
+        return self._shard()[0][: len(self) * self.batch_size]
 
     def __iter__(self):
         indices, seeds = self._shard()

@@ -117,6 +117,12 @@ def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
     _remove_parts(previous)
 
 
+def remove_checkpoint(prefix):
+    """Delete a checkpoint and any copy an interrupted save of it left."""
+    _remove_parts(prefix)
+    _remove_parts(previous_prefix(prefix))
+
+
 def strip_params_suffix(path):
     path = str(path)
     return path[: -len(".pdparams")] if path.endswith(".pdparams") else path

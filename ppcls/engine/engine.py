@@ -29,8 +29,10 @@ import paddle.distributed as dist
 
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
+from ppcls.engine import replicas
 from ppcls.engine.checkpoint import (find_checkpoint, load_checkpoint, load_weights,
-                                     read_states, save_checkpoint)
+                                     previous_prefix, read_states, remove_checkpoint,
+                                     save_checkpoint)
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
 from ppcls.engine.stop_signals import StopSignals
@@ -46,11 +48,30 @@ from ppcls.utils.save_load import load_pretrained_weights
 
 class _StopRequested(Exception):
     """Raised inside the loops when the ranks agreed to stop after `iteration` iterations
-    of `epoch` (`evaluated`: whether that epoch's evaluation, if due, is done)."""
+    of `epoch` (`evaluated`: whether that epoch's evaluation, if due, is done; `agreed`:
+    False when only this rank knows, so no collective may run before saving)."""
 
-    def __init__(self, epoch, iteration, evaluated=True):
+    def __init__(self, epoch, iteration, evaluated=True, agreed=True):
         super().__init__(epoch, iteration)
         self.epoch, self.iteration, self.evaluated = epoch, iteration, evaluated
+        self.agreed = agreed
+
+
+def keep_float32_masters(optimizer, model, dtype="float16"):
+    """AMP O2's decorate casts parameters to float16 in place, discarding their float32
+    values; the optimizer then makes its float32 master weights at the first step from the
+    float16 copies, so loaded weights would lose their low bits for good. Making the masters
+    now, from the loaded float32 values, avoids that: Paddle's optimizer reuses a master
+    that exists under the parameter's name (as it does for masters a resumed checkpoint
+    restored, which are kept)."""
+    from paddle.amp.auto_cast import need_keep_fp32  # which layers decorate leaves alone
+
+    for layer in model.sublayers(include_self=True):
+        if need_keep_fp32(layer, dtype):
+            continue
+        for param in layer.parameters(include_sublayers=False):
+            if not param.stop_gradient and param.name not in optimizer._master_weights:
+                optimizer._create_master_weight(param)
 
 
 def _mix_seed(*parts):
@@ -69,12 +90,13 @@ class Engine:
         logger.setup(os.path.join(self.output_dir, f"{mode}.log"))
         self.signals, self.last_saved = StopSignals(), None  # handlers installed by train()
         self.checkpoint_state = self._read_resume_state()
-        self.seed = self._choose_seed()
+        self.seed = replicas.common_seed(self._choose_seed(), self.world_size)
         paddle.seed(self.seed)
         self.class_num = class_num_of(config)
 
         self.model = build_model(config)
         self.amp = self._setup_amp()
+        self.amp_eval = self._evaluates_under_autocast()
         self.ema = self._setup_ema()
         self.eval_loader = self._maybe_eval_loader()
         self.eval_loss = build_loss(config, "Eval")
@@ -99,8 +121,16 @@ class Engine:
             dist.init_parallel_env()
 
     def _read_resume_state(self):
-        if self.mode == "train" and self.g.get("checkpoints"):
-            self.resume_prefix = find_checkpoint(self.g["checkpoints"])
+        wanted = self.g.get("checkpoints") if self.mode == "train" else None
+        if wanted == "auto":
+            wanted = os.path.join(self.output_dir, "latest")
+            if not os.path.exists(wanted + ".pdstates") and \
+                    not os.path.exists(previous_prefix(wanted) + ".pdstates"):
+                logger.info("Global.checkpoints is auto and %s does not exist yet: starting "
+                            "from scratch", wanted)
+                return None
+        if wanted:
+            self.resume_prefix = find_checkpoint(wanted)
             return read_states(self.resume_prefix)
         return None
 
@@ -121,6 +151,19 @@ class Engine:
             logger.warning("AMP needs a GPU: training in float32 on %s instead", self.g["device"])
             return None
         return amp
+
+    def _evaluates_under_autocast(self):
+        """Evaluation runs under auto_cast when AMP.use_fp16_test says so, and always at O2
+        (its float16 model cannot take float32 images), in training and in eval.py alike:
+        eval.py keeps the float32 weights the checkpoint holds, and auto_cast rounds them
+        to float16 exactly as O2's decorate did in training."""
+        if not self.amp:
+            return False
+        if self.amp["level"] == "O2" and not self.amp["use_fp16_test"]:
+            logger.warning("AMP level O2 evaluates in float16: AMP.use_fp16_test is taken as "
+                           "True")
+            return True
+        return self.amp["use_fp16_test"]
 
     def _setup_ema(self):
         if not self.config.get("EMA"):
@@ -151,18 +194,21 @@ class Engine:
             self.scaler = paddle.amp.GradScaler(
                 init_loss_scaling=self.amp["scale_loss"],
                 use_dynamic_loss_scaling=self.amp["use_dynamic_loss_scaling"])
-            if self.amp["level"] == "O2":
-                self.model, self.optimizer = paddle.amp.decorate(
-                    self.model, self.optimizer, level="O2", save_dtype="float32")
+        self._warn_if_global_batch_differs()
 
+        # Weights and optimizer state are loaded in float32, before AMP O2 casts the model
+        # to float16 (Paddle cannot load float32 files into float16 parameters), and the
+        # optimizer's float32 master weights start from the loaded values.
         self.start_epoch, self.start_iter, self.pending_eval = 1, 0, None
         self.best = {"metric": 0.0, "epoch": 0}
         if self.checkpoint_state is not None:
             self._resume(self.resume_prefix)
         elif self.g.get("pretrained_model"):
             load_pretrained_weights(self.model, self.g["pretrained_model"])
-            if self.ema:
-                self.ema.set_state_dict(self.model.state_dict())
+        if self.amp and self.amp["level"] == "O2":
+            keep_float32_masters(self.optimizer, self.model)
+            self.model, self.optimizer = paddle.amp.decorate(
+                self.model, self.optimizer, level="O2", save_dtype="float32")
 
         self.train_model = self.model
         if self.g["to_static"]:
@@ -171,16 +217,64 @@ class Engine:
             depthwise_conv.set_enabled(False)
             self.train_model = paddle.jit.to_static(self.train_model)
         if self.world_size > 1:
+            # Broadcasts rank 0's weights and BN statistics to every rank.
             self.train_model = paddle.DataParallel(self.train_model)
+        if self.ema and self.checkpoint_state is None:
+            self.ema.set_state_dict(self.model.state_dict())  # the weights every rank holds
         self.vdl = self._visualdl_writer()
+
+    def _warn_if_global_batch_differs(self):
+        """ImageNet configs name the global batch their learning rate was tuned for."""
+        tuned = self.g.get("global_batch_size")
+        batch = self.train_loader.batch_sampler.batch_size
+        if not tuned or batch * self.world_size == tuned:
+            return
+        lr = (self.config.get("Optimizer") or {}).get("lr") or {}
+        base = lr.get("learning_rate")
+        scaled = (f" ({base} x {batch * self.world_size}/{tuned} = "
+                  f"{base * batch * self.world_size / tuned:.6g})"
+                  if isinstance(base, (int, float)) else "")
+        logger.warning("this run's global batch is %d process(es) x %d = %d, but the config's "
+                       "learning rate is tuned for Global.global_batch_size %d: scale "
+                       "Optimizer.lr.learning_rate linearly%s, or run with that global batch",
+                       self.world_size, batch, batch * self.world_size, tuned, scaled)
+
+    def _data_plan(self):
+        """What decides which samples each iteration trains on."""
+        sampler = self.train_loader.batch_sampler
+        return {"world_size": self.world_size, "batch_size": sampler.batch_size,
+                "dataset_size": sampler.dataset_size, "steps_per_epoch": self.steps_per_epoch}
+
+    def _check_resume_plan(self, path, state):
+        """Resuming mid-epoch replays the rest of that epoch's plan, which only the same
+        processes, batch size and list can do; at an epoch end the next epoch is planned
+        afresh, and a per-iteration schedule continues at the same epoch."""
+        saved, plan = state.get("plan"), self._data_plan()
+        if saved is None or saved == plan:
+            return
+        changes = ", ".join(f"{k} {saved[k]} -> {plan[k]}" for k in plan if saved[k] != plan[k])
+        if state["iter"] < saved["steps_per_epoch"]:
+            raise ConfigError(
+                f"{path} was saved in the middle of epoch {state['epoch']} (iteration "
+                f"{state['iter']} of {saved['steps_per_epoch']}), and this run plans the data "
+                f"differently ({changes}): resume with {saved['world_size']} process(es) and "
+                f"DataLoader.Train.sampler.batch_size {saved['batch_size']}, or from a "
+                "checkpoint saved at an epoch end (epoch_N)")
+        if not self.lr.by_epoch:
+            self.lr.step(state["epoch"] * self.steps_per_epoch)
+        logger.info("resuming at an epoch end with a new data plan (%s): epoch %d onwards is "
+                    "planned for it; the learning-rate schedule continues at epoch %d",
+                    changes, state["epoch"] + 1, state["epoch"] + 1)
 
     def _resume(self, path):
         state = load_checkpoint(path, self.model, self.optimizer, self.ema)
         self.lr.set_state_dict(state["lr_scheduler"])
+        self._check_resume_plan(path, state)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best = dict(state["best"])
-        finished_epoch = state["iter"] >= self.steps_per_epoch
+        steps_done = (state.get("plan") or {}).get("steps_per_epoch", self.steps_per_epoch)
+        finished_epoch = state["iter"] >= steps_done
         self.start_epoch = state["epoch"] + 1 if finished_epoch else state["epoch"]
         self.start_iter = 0 if finished_epoch else state["iter"]
         if finished_epoch and not state.get("evaluated", True):  # stopped while evaluating
@@ -216,13 +310,15 @@ class Engine:
                     self.train_epoch(epoch, start_iter)
                     if self.lr.by_epoch:
                         self.lr.step()
-                    self._check_replicas_in_sync(epoch)
+                    self._sync_replicas(epoch)
                     self._report_bad_images(epoch)
                     self._evaluate_and_save(epoch)
                     if epoch < epochs and self._agree(False, self.signals.requested)[1]:
                         raise _StopRequested(epoch, self.steps_per_epoch)
             except _StopRequested as stop:
                 # Save before the barrier, in case a rank is gone.
+                if stop.agreed:
+                    self._average_statistics()
                 self.save("latest", stop.epoch, stop.iteration, evaluated=stop.evaluated)
                 watch.finish()
                 raise self._interrupted(stop) from None
@@ -244,20 +340,41 @@ class Engine:
             f"received {signal.Signals(signum).name}: saved {latest} at epoch {stop.epoch}, "
             f"iteration {stop.iteration}; resume with -o Global.checkpoints={latest}", signum)
 
-    def _check_replicas_in_sync(self, epoch):
-        """Data-parallel replicas must hold bitwise-identical weights (BN statistics are
-        per process and may differ). A mismatch means the processes diverged."""
+    def _replicated_models(self):
+        return [self.model] + ([self.ema.model] if self.ema else [])
+
+    def _average_statistics(self):
+        """Every rank's BN statistics (and the EMA's) become their mean over the ranks, so
+        what any rank evaluates is what rank 0 saves (see replicas.py)."""
+        replicas.average_statistics(self._replicated_models(), self.world_size)
+
+    def _check_epoch_coverage(self, epoch):
+        """The ranks' shards of this epoch hold every sample once, up to the sampler's
+        padding; an overlap would mean the ranks planned with different seeds."""
+        sampler = self.train_loader.batch_sampler
+        n = sampler.dataset_size
+        distinct, trained = replicas.epoch_coverage(sampler.epoch_indices(), n, self.world_size)
+        padding = max(0, sampler.shard_size() * self.world_size - n)
+        if trained - distinct > padding:
+            raise RuntimeError(f"epoch {epoch}: the {self.world_size} processes trained on "
+                               f"{trained} samples but only {distinct} distinct ones: their "
+                               "data shards overlap (they planned with different seeds)")
+        logger.info("[Train][Epoch %d] %d process(es) trained on %d of the %d samples (%d "
+                    "padding repeats, %d left out by drop_last)", epoch, self.world_size,
+                    distinct, n, trained - distinct, n - distinct)
+
+    def _sync_replicas(self, epoch):
+        """At each epoch end: average the statistics, then check that the replicas hold
+        bitwise-identical weights, statistics and EMA (a mismatch means they diverged)."""
+        self._check_epoch_coverage(epoch)
         if self.world_size == 1:
             return
-        params = [p for p in self.model.parameters() if not p.stop_gradient]
-        checksum = paddle.stack([p.astype("float64").sum() for p in params])
-        gathered = []
-        dist.all_gather(gathered, checksum)
-        if any(not bool((g == gathered[0]).all()) for g in gathered[1:]):
+        self._average_statistics()
+        if not replicas.identical_on_all_ranks(self._replicated_models(), self.world_size):
             raise RuntimeError(f"data-parallel replicas hold different weights after epoch "
                                f"{epoch}; the processes diverged")
-        logger.info("[Train][Epoch %d] %d replicas hold identical weights", epoch,
-                    self.world_size)
+        logger.info("[Train][Epoch %d] %d replicas hold identical weights and averaged BN "
+                    "statistics%s", epoch, self.world_size, " (model and EMA)" if self.ema else "")
 
     def _step_seed(self, epoch, iteration):
         return _mix_seed(self.seed, epoch, iteration, self.rank)
@@ -293,6 +410,7 @@ class Engine:
             if iteration % self.g["print_batch_step"] == 0 or iteration == self.steps_per_epoch - 1:
                 self._log_train(epoch, iteration, sums, seen, batch, batch_cost, reader_cost)
             if every and (iteration + 1) % every == 0 and iteration + 1 < self.steps_per_epoch:
+                self._average_statistics()
                 self.save("latest", epoch, iteration + 1)
             tic = time.time()
         return sums, seen
@@ -303,7 +421,7 @@ class Engine:
         except Exception:
             # Ctrl-C in a terminal also interrupts the loader's worker processes.
             if self.signals.requested:
-                raise _StopRequested(epoch, iteration) from None
+                raise _StopRequested(epoch, iteration, agreed=False) from None
             raise
 
     def _check_progress(self, epoch, iteration, loss):
@@ -321,11 +439,7 @@ class Engine:
 
     def _agree(self, diverged, stop):
         """All processes stop together: one tiny all-reduce of both flags."""
-        if self.world_size == 1:
-            return diverged, stop
-        flags = paddle.to_tensor(np.array([diverged, stop], dtype="int32"))
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return tuple(bool(f) for f in flags.numpy())
+        return replicas.any_rank([diverged, stop], self.world_size)
 
     def _last_saved_text(self):
         if self.last_saved is None:
@@ -376,7 +490,7 @@ class Engine:
                 "lr_scheduler": self.lr.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "evaluated_weights": "ema" if self.ema else "model",
-                "arch": self.arch_name}
+                "arch": self.arch_name, "plan": self._data_plan()}
 
     def save(self, name, epoch, iteration, evaluated=True):
         if self.rank != 0:
@@ -387,6 +501,10 @@ class Engine:
                         self._state(epoch, iteration, evaluated))
         if name == "latest":
             self.last_saved = (prefix, epoch, iteration)
+        keep = self.g["keep_checkpoint_max"]
+        if name.startswith("epoch_") and keep and epoch - keep * self.g["save_interval"] > 0:
+            remove_checkpoint(os.path.join(
+                self.output_dir, f"epoch_{epoch - keep * self.g['save_interval']}"))
 
     def _check_weights_finite(self, epoch, iteration):
         """Never overwrite a good checkpoint with NaN weights (a finite loss can still
@@ -404,13 +522,14 @@ class Engine:
                     "resume from it")
 
     def _report_bad_images(self, epoch):
-        skipped = self._sum_over_processes([len(self.train_loader.policy.skipped)], "int64")[0]
+        """Rank 0's log names every rank's unreadable images of the epoch."""
+        skipped = replicas.gather_lists(self.train_loader.policy.skipped, self.world_size)
         dropped = len(self.train_loader.dataset.dropped)
         if skipped or dropped:
-            logger.warning("[Train][Epoch %d] skipped %d unreadable image(s) this epoch (listed "
-                           "in the warnings above, on each process's log); %d listed file(s) "
-                           "are missing and were left out from the start", epoch, int(skipped),
-                           dropped)
+            shown = "; ".join(skipped[:20]) + ("; ..." if len(skipped) > 20 else "")
+            logger.warning("[Train][Epoch %d] skipped %d unreadable image(s) this epoch%s; %d "
+                           "listed file(s) are missing and were left out from the start", epoch,
+                           len(skipped), f": {shown}" if skipped else "", dropped)
 
     def _evaluate_and_save(self, epoch):
         g = self.g
@@ -459,7 +578,7 @@ class Engine:
     def _eval_batches(self, net, epoch, batches):
         counts, loss_sum, seen = {}, 0.0, 0
         for iteration, (images, labels) in enumerate(batches):
-            logits = net(images)
+            logits = self._eval_forward(net, images)
             batch = images.shape[0]
             if self.eval_loss:
                 loss_sum += float(self.eval_loss(logits, labels)["loss"]) * batch
@@ -476,6 +595,12 @@ class Engine:
                 raise _StopRequested(epoch, iteration + 1)
         return counts, loss_sum, seen
 
+    def _eval_forward(self, net, images):
+        if not self.amp_eval:
+            return net(images)
+        with paddle.amp.auto_cast(level=self.amp["level"], use_promote=self.amp["use_promote"]):
+            return net(images).astype("float32")
+
     def _log_eval_count(self, epoch, seen, skipped):
         """Every listed image is evaluated once, or accounted for as skipped/missing."""
         dataset = self.eval_loader.dataset
@@ -490,7 +615,4 @@ class Engine:
                     dataset.listed, dataset.cls_label_path, note)
 
     def _sum_over_processes(self, values, dtype):
-        tensor = paddle.to_tensor(np.array(values, dtype=dtype))
-        if self.world_size > 1:
-            dist.all_reduce(tensor)
-        return tensor.numpy().tolist()
+        return replicas.sum_over_ranks(values, dtype, self.world_size)

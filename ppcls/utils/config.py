@@ -33,12 +33,21 @@ SECTIONS = ("Global", "AMP", "EMA", "Arch", "Loss", "Optimizer", "DataLoader", "
 NoneType = type(None)
 # key: (allowed types, default). Defaults are what a config that omits the key gets.
 GLOBAL_SCHEMA = {
+    # A checkpoint prefix to resume from, or `auto`: <output_dir>/<Arch.name>/latest when it
+    # exists, else a fresh start (for launch --max_restart and job schedulers that rerun
+    # the same command).
     "checkpoints": ((str, NoneType), None),
     "pretrained_model": ((str, NoneType), None),
     "output_dir": ((str,), "./output/"),
     "device": ((str,), "gpu"),
     "class_num": ((int, NoneType), None),
     "save_interval": ((int,), 1),
+    # How many epoch_N checkpoints to keep, newest first (latest and best_model are always
+    # kept); 0 keeps them all.
+    "keep_checkpoint_max": ((int,), 5),
+    # The global batch (processes x DataLoader.Train.sampler.batch_size) the learning rate
+    # is tuned for; a run with another global batch warns once how to scale it.
+    "global_batch_size": ((int, NoneType), None),
     # Also write `latest` every this many iterations inside an epoch (0: epoch ends only).
     "save_latest_steps": ((int,), 1000),
     "eval_during_train": ((bool,), True),
@@ -69,6 +78,10 @@ EMA_SCHEMA = {
     "decay": ((float, int), 0.9999),
 }
 SCHEMAS = {"Global": GLOBAL_SCHEMA, "AMP": AMP_SCHEMA, "EMA": EMA_SCHEMA}
+# Smallest allowed value of numeric keys.
+MINIMUMS = {"Global.epochs": 1, "Global.save_interval": 1, "Global.eval_interval": 1,
+            "Global.print_batch_step": 1, "Global.save_latest_steps": 0,
+            "Global.keep_checkpoint_max": 0, "Global.global_batch_size": 1}
 
 
 def type_names(types):
@@ -153,9 +166,36 @@ def validate(config, source="config"):
             if not is_instance(value, types):
                 raise ConfigError(f"{source}: {section}.{key} must be {type_names(types)}, "
                                   f"got {value!r}")
+            least = MINIMUMS.get(f"{section}.{key}")
+            if least is not None and value is not None and value < least:
+                raise ConfigError(f"{source}: {section}.{key} must be at least {least}, "
+                                  f"got {value!r}")
         config[section] = {k: values.get(k, copy.deepcopy(d)) for k, (_, d) in schema.items()}
     config.setdefault("Global", {k: copy.deepcopy(d) for k, (_, d) in GLOBAL_SCHEMA.items()})
+    resolve_class_num(config, source)
     return config
+
+
+def resolve_class_num(config, source="config"):
+    """Decide the number of classes once: Arch.class_num, else Global.class_num (upstream
+    PaddleClas configs set it there), else 1000; null means unset. Both keys then hold it,
+    so the model, the label checks and Mixup read the same value."""
+    arch = config.get("Arch")
+    if arch is not None and not isinstance(arch, dict):
+        raise ConfigError(f"{source}: Arch must be a mapping")
+    from_arch = (arch or {}).get("class_num")
+    from_global = config["Global"].get("class_num")
+    for key, value in (("Arch.class_num", from_arch), ("Global.class_num", from_global)):
+        if value is not None and (not is_instance(value, (int,)) or value < 1):
+            raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}")
+    if from_arch is not None and from_global is not None and from_arch != from_global:
+        raise ConfigError(f"{source}: Arch.class_num ({from_arch}) and Global.class_num "
+                          f"({from_global}) differ: set one of them, or make them equal")
+    class_num = from_arch or from_global or 1000
+    config["Global"]["class_num"] = class_num
+    if arch is not None:
+        arch["class_num"] = class_num
+    return class_num
 
 
 def load_yaml(path):
@@ -187,6 +227,5 @@ def parse_args(argv=None, description=None):
 
 
 def class_num_of(config):
-    """The number of classes: Arch.class_num, else Global.class_num, else 1000."""
-    return (config.get("Arch") or {}).get("class_num") or config["Global"].get("class_num") \
-        or 1000
+    """The number of classes, as `resolve_class_num` decided it when the config was read."""
+    return config["Global"]["class_num"]
