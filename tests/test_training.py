@@ -148,12 +148,11 @@ def test_amp_on_cpu_warns_and_trains_in_float32(digits, tmp_path, capsys):
 def test_to_static_training_matches_dygraph(digits, tmp_path):
     """The compiled step uses Paddle's depthwise kernel, so dygraph does too here: early
     training at 32 px amplifies float32 rounding differences between kernels."""
-    depthwise_conv.set_enabled(False)
-    try:
+    with depthwise_conv.enabled(False):
         make_engine(digits, tmp_path / "dy", epochs=1).train()
-        make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
-    finally:
-        depthwise_conv.set_enabled(True)
+    make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
+    assert depthwise_conv.applies(paddle.randn([1, 4, 8, 8]), paddle.randn([4, 1, 3, 3]), None,
+                                  1, 1, 1, 4)  # to_static training left the kernel on
     np.testing.assert_allclose(read_log_losses(tmp_path / "st"), read_log_losses(tmp_path / "dy"),
                                rtol=1e-3)
 
