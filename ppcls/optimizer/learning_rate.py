@@ -10,6 +10,7 @@ import math
 
 from paddle.optimizer import lr as paddle_lr
 
+from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
 
 
@@ -86,9 +87,14 @@ class Linear(_Schedule):
 class Piecewise(_Schedule):
     """values[i] after the i-th boundary of decay_epochs (values has one more entry)."""
 
-    def __init__(self, epochs, step_each_epoch, decay_epochs: list, values: list, **kwargs):
+    def __init__(self, epochs, step_each_epoch, decay_epochs: list, values: list,
+                 learning_rate: (float, type(None)) = None, **kwargs):
         if len(values) != len(decay_epochs) + 1:
             raise ConfigError("Optimizer.lr.values needs one more entry than decay_epochs")
+        if learning_rate is not None and learning_rate != values[0]:
+            # PaddleClas configs often give it too, and PaddleClas does not use it either.
+            logger.warning("Optimizer.lr.learning_rate (%s) is not used by Piecewise: the "
+                           "rate starts at values[0] (%s)", learning_rate, values[0])
         super().__init__(epochs, step_each_epoch, values[0], **kwargs)
         self.boundaries = [e * self.steps_per_unit for e in decay_epochs]
         self.values = values

@@ -51,7 +51,9 @@ def parameters(target):
         for base in target.__mro__[1:]:
             if "__init__" in vars(base) and base is not object:
                 for key, param in inspect.signature(base.__init__).parameters.items():
-                    params.setdefault(key, param)
+                    # the subclass supplies the base's required ones itself
+                    params.setdefault(key, param if param.default is not param.empty
+                                      else param.replace(default=None))
     return {k: p for k, p in params.items()
             if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
