@@ -111,3 +111,10 @@ def test_no_weight_decay_name_matches_structured_names(name):
     else:
         decayed = {p.name for p in model.parameters() if optimizer._apply_decay_param_fun(p.name)}
         assert not decayed & expected and decayed
+
+
+def test_tipc_auto_cast_is_named_when_it_asks_for_something(capsys):
+    get_config(QUICK_START, ["Global.auto_cast=null"])
+    assert "auto_cast" not in capsys.readouterr().out
+    get_config(QUICK_START, ["Global.auto_cast=amp"])
+    assert "Global.auto_cast=amp has no effect here" in capsys.readouterr().out

@@ -60,10 +60,11 @@ GLOBAL_SCHEMA = {
     "save_inference_dir": ((str,), "./inference"),
     "to_static": ((bool,), False),
     "seed": ((int, NoneType), None),
+    # Upstream keys accepted with the value implemented here (others refused in checks.py).
     "use_dali": ((bool,), False),
     "eval_mode": ((str,), "classification"),
     "use_multilabel": ((bool,), False),
-    # Accepted from upstream configs and TIPC command lines; no effect here.
+    # TIPC's AMP switch on upstream command lines: null here; other values warn (ppcls/checks.py).
     "auto_cast": ((str, bool, NoneType), None),
 }
 AMP_SCHEMA = {
