@@ -9,7 +9,7 @@ from ppcls.arch.backbone import VARIANTS
 from ppcls.utils.errors import ConfigError
 from ppcls.utils.model_stats import count_macs, count_params
 
-ALL_VARIANTS = [names[0] for names, _, _ in VARIANTS]
+ALL_VARIANTS = [v.name for v in VARIANTS]
 
 # Trainable parameters at 1000 classes, as the references count them.
 REFERENCE_PARAMS = {

@@ -22,7 +22,7 @@ def parse_args(argv=None):
     from ppcls.arch.backbone.model_zoo.mnasnet import VARIANTS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--names", nargs="*", default=[v[0][0] for v in VARIANTS])
+    parser.add_argument("--names", nargs="*", default=[v.name for v in VARIANTS])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch_sizes", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -84,7 +84,7 @@ def measure_variant(name, args, work_dir):
 
 
 def write_outputs(rows, args, header_note):
-    from ppcls.arch.backbone.model_zoo.mnasnet_references import best_published_top1
+    from ppcls.arch.backbone.model_zoo.mnasnet_variants import best_published_top1
 
     for row in rows:
         row["published_top1"], row["top1_source"] = best_published_top1(row["model"])
@@ -109,7 +109,7 @@ def write_outputs(rows, args, header_note):
             cells += [f"{row[f'paddle_b{batch}_img_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Published top-1: the highest figure in ppcls/arch/backbone/model_zoo/"
-              "mnasnet_references.py, from its source (not measured here)."]
+              "mnasnet_variants.py, from its source (not measured here)."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         f.write(table)
