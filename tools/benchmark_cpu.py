@@ -14,21 +14,12 @@ import platform
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from tools.benchmark import median_ms  # noqa: E402
+from tools.benchmark import median_ms, variant_records  # noqa: E402
 
-# Our name -> (library, constructor name) of the same architecture in PyTorch.
-TORCH_TWINS = {
-    "MnasNet_B1_x0_5": ("torchvision", "mnasnet0_5"),
-    "MnasNet_B1_x0_75": ("torchvision", "mnasnet0_75"),
-    "MnasNet_B1_x1_0": ("torchvision", "mnasnet1_0"),
-    "MnasNet_B1_x1_3": ("torchvision", "mnasnet1_3"),
-    "MnasNet_B1_x1_4": ("timm", "mnasnet_140"),
-    "MnasNet_A1_x0_5": ("timm", "semnasnet_050"),
-    "MnasNet_A1_x0_75": ("timm", "semnasnet_075"),
-    "MnasNet_A1_x1_0": ("timm", "semnasnet_100"),
-    "MnasNet_A1_x1_4": ("timm", "semnasnet_140"),
-    "MnasNet_small": ("timm", "mnasnet_small"),
-}
+# Our name -> (library, constructor name) of the same architecture in PyTorch: torchvision's
+# MNASNet where it has the variant, else timm's.
+TORCH_TWINS = {v.name: next((lib, v.twins[lib]) for lib in ("torchvision", "timm") if lib in v.twins)
+               for v in variant_records().VARIANTS}
 # The depthwise cases: (label, N, C, H, W, kernel, stride, with backward).
 KERNEL_CASES = [
     ("dw 5x5, 32x240x28x28, forward", 32, 240, 28, 28, 5, 1, False),
