@@ -21,7 +21,7 @@ from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError, unknown
 from ppcls.utils.factory import check, create_list, split_spec
 
-INFER_KEYS = ("infer_imgs", "batch_size", "transforms", "PostProcess")
+INFER_KEYS = ("infer_imgs", "batch_size", "transforms", "PostProcess", "save_path")
 # Global keys of upstream configs, with the only value this repository implements.
 UPSTREAM_GLOBAL = {
     "use_dali": (False, "NVIDIA DALI is not implemented here: remove it or set it False"),
