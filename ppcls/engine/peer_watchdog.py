@@ -7,7 +7,9 @@ starts `watchdog_process.py`, which watches the job's processes on this machine 
 one ends early, says which one in the logs and stops its own rank.
 
 Ranks tell their watchers `stop` before a final barrier, so no rank exits while another's
-watcher still runs: a normal end is never mistaken for a crash.
+watcher still runs: a normal end is never mistaken for a crash. A rank leaving on an error
+tells its watcher `error`: a collective that fails because a peer was killed raises on the
+survivors at the moment the peer dies, and the watcher then still names the dead peer.
 """
 
 import os
@@ -35,11 +37,11 @@ class PeerWatchdog:
                                             stdin=subprocess.PIPE)
         return self
 
-    def _stop_watching(self):
+    def _stop_watching(self, word=b"stop"):
         if self.process is None:
             return
         try:
-            self.process.stdin.write(b"stop\n")
+            self.process.stdin.write(word + b"\n")
             self.process.stdin.close()
             self.process.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
@@ -53,6 +55,7 @@ class PeerWatchdog:
             dist.barrier()
 
     def __exit__(self, exc_type, exc, tb):
-        # Leaving on an error: stop our watcher only. The other ranks' watchers then report
-        # this rank as ended early, which is the truth.
-        self._stop_watching()
+        # Leaving on an error: our watcher names a peer that ended (often the cause of the
+        # error) and otherwise stays quiet; the other ranks' watchers then report this rank
+        # as ended early, which is the truth.
+        self._stop_watching(b"stop" if exc_type is None else b"error")

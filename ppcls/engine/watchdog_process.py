@@ -4,7 +4,7 @@ only: it must start fast and survive its rank crashing).
     python watchdog_process.py <own rank> <rank>:<pid> [<rank>:<pid> ...]
 
 It watches the job's processes on this machine. If one ends before its rank wrote `stop`
-on our stdin (killed, out of memory, crashed in native code), it prints which one to the
+or `error` on our stdin (killed, out of memory, crashed in native code), it prints which one to the
 rank's log and stops its own rank (SIGTERM, then SIGKILL), so the job ends with a message
 naming the lost worker instead of hanging in a collective that can never complete.
 """
@@ -17,6 +17,8 @@ import time
 
 POLL_SECONDS = 0.2  # without pidfd (Linux < 5.3)
 GRACE_SECONDS = 10  # for the rank to exit after SIGTERM
+PEER_DEATH_SECONDS = 0.5  # after `error`: a killed peer is gone by then; an erroring
+# peer is not (it waits for its own watcher, which waits this long)
 
 
 def alive(pid):
@@ -49,8 +51,8 @@ def stop_rank(pid):
 
 
 def wait_for_end(watched, stdin):
-    """Block until a watched process ends (returns its (rank, pid)) or `stop` or EOF
-    arrives on stdin (returns None, or "eof")."""
+    """Block until a watched process ends (returns its (rank, pid)) or a word arrives on
+    stdin (returns "stop", "error", or "eof" when the pipe closed without one)."""
     poller = select.poll()
     poller.register(stdin, select.POLLIN | select.POLLHUP)
     pidfds = {}
@@ -67,12 +69,24 @@ def wait_for_end(watched, stdin):
     while True:
         for fd, _ in poller.poll(POLL_SECONDS * 1000 if polled else None):
             if fd == stdin:
-                line = os.read(stdin, 64)
-                return None if line.startswith(b"stop") else "eof"
+                word = os.read(stdin, 64).strip().decode(errors="replace")
+                return word if word in ("stop", "error") else "eof"
             return pidfds[fd]
         for rank, pid in polled:
             if not alive(pid):
                 return rank, pid
+
+
+def ended_peer(peers):
+    """The first peer seen ended within PEER_DEATH_SECONDS, else None."""
+    deadline = time.time() + PEER_DEATH_SECONDS
+    while True:
+        for rank, pid in peers:
+            if not alive(pid):
+                return rank, pid
+        if time.time() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 def main(argv):
@@ -80,8 +94,13 @@ def main(argv):
     watched = [tuple(int(x) for x in spec.split(":")) for spec in argv[1:]]
     own_pid = dict(watched)[own_rank]
     ended = wait_for_end(watched, sys.stdin.fileno())
-    if ended is None:
+    if ended == "stop":
         return 0  # training finished or stopped cleanly
+    if ended == "error":  # our rank raised; its error is in its log
+        peer = ended_peer([w for w in watched if w[1] != own_pid])
+        if peer:
+            report(own_rank, *peer)
+        return 1 if peer else 0
     if ended == "eof":  # our rank closed the pipe without `stop`: it ended abruptly
         ended = (own_rank, own_pid)
     report(own_rank, *ended)
