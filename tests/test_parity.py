@@ -6,7 +6,7 @@ import pytest
 
 from parity import fixture_paths, load_fixture, reference_input, reference_weights
 from ppcls.arch import build_model
-from ppcls.arch.weight_converter import REFERENCE_ARCHS
+from ppcls.weights.converter import REFERENCE_ARCHS
 from ppcls.utils.save_load import load_pretrained_weights
 from tools import convert_weights
 

@@ -4,7 +4,7 @@ arXiv 1807.11626): the B1, A1 (squeeze-and-excitation) and small networks at any
 Every variant is one stage table plus a width multiplier. The topology matches torchvision's
 `MNASNet` (B1, version 2 stem that scales with width) and timm's `mnasnet_*` / `semnasnet_*` /
 `mnasnet_small` exactly when `stem_relu=False`, so their weights convert one-to-one
-(see `ppcls/arch/weight_converter.py`). `stem_relu=True` (the default) adds the Paddle
+(see `ppcls/weights/converter.py`). `stem_relu=True` (the default) adds the Paddle
 reproduction's extra ReLU after the first block's 1x1 projection BatchNorm.
 """
 

@@ -1,0 +1,4 @@
+"""Weights in and out of this repository's models.
+
+    converter.py   torchvision / timm / reproduction checkpoints -> our `.pdparams` layout
+"""
