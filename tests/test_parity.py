@@ -7,7 +7,7 @@ import pytest
 from parity import fixture_paths, load_fixture, reference_input, reference_weights
 from ppcls.arch import build_model
 from ppcls.weights.converter import REFERENCE_ARCHS
-from ppcls.utils.save_load import load_pretrained_weights
+from ppcls.weights.loading import load_pretrained_weights
 from tools import convert_weights
 
 

@@ -6,9 +6,9 @@ import os
 import paddle
 
 from ppcls.arch import build_model
-from ppcls.engine.checkpoint import load_weights
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
+from ppcls.weights.loading import load_weights
 
 MODEL_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
 PARAMS_FILE = "inference.pdiparams"
