@@ -30,8 +30,6 @@ import paddle.distributed as dist
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.engine import replicas
-from ppcls.engine.checkpoint import (find_checkpoint, load_checkpoint, previous_prefix,
-                                     read_states, remove_checkpoint, save_checkpoint)
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
 from ppcls.engine.stop_signals import StopSignals
@@ -42,6 +40,8 @@ from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
 from ppcls.utils.errors import (ConfigError, TrainingDiverged, TrainingInterrupted)
+from ppcls.weights.checkpoint import (find_checkpoint, load_checkpoint, previous_prefix,
+                                      read_states, remove_checkpoint, save_checkpoint)
 from ppcls.weights.loading import load_pretrained_weights, load_weights
 
 

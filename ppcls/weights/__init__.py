@@ -1,5 +1,6 @@
 """Weights in and out of this repository's models.
 
+    checkpoint.py  training checkpoints: format, SHA-256 manifest, crash-safe save, resume
     loading.py     read and check `.pdparams` state dicts; load_pretrained_weights, load_weights
     converter.py   torchvision / timm / reproduction checkpoints -> our `.pdparams` layout
 """
