@@ -14,7 +14,7 @@ import numpy as np
 
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils.errors import ConfigError
-from ppcls.weights.model_files import find_model_files, find_onnx_file
+from ppcls.weights import find_model_files, find_onnx_file
 
 # PaddleClas's inference keys (accepted even where they have no effect here) and ours.
 DEPLOY_DEFAULTS = {

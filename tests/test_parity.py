@@ -6,8 +6,8 @@ import pytest
 
 from parity import fixture_paths, load_fixture, reference_input, reference_weights
 from ppcls.arch import build_model
+from ppcls.weights import load_pretrained_weights
 from ppcls.weights.converter import REFERENCE_ARCHS
-from ppcls.weights.loading import load_pretrained_weights
 from tools import convert_weights
 
 

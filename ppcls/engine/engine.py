@@ -40,9 +40,9 @@ from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
 from ppcls.utils.errors import (ConfigError, TrainingDiverged, TrainingInterrupted)
-from ppcls.weights.checkpoint import (find_checkpoint, load_checkpoint, previous_prefix,
-                                      read_states, remove_checkpoint, save_checkpoint)
-from ppcls.weights.loading import load_pretrained_weights, load_weights
+from ppcls.weights import (find_checkpoint, load_checkpoint, load_pretrained_weights,
+                           load_weights, previous_prefix, read_states, remove_checkpoint,
+                           save_checkpoint)
 
 
 class _StopRequested(Exception):

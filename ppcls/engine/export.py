@@ -8,7 +8,7 @@ import paddle
 from ppcls.arch import build_model
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
-from ppcls.weights.loading import load_weights
+from ppcls.weights import load_weights
 from ppcls.weights.model_files import MODEL_PREFIX, find_model_files
 
 

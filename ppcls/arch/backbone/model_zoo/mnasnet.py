@@ -189,7 +189,7 @@ class MnasNet(nn.Layer):
 def _build(arch, width, pretrained=False, **kwargs):
     model = MnasNet(arch=arch, width=width, **kwargs)
     if pretrained:
-        from ppcls.weights.loading import load_pretrained_weights
+        from ppcls.weights import load_pretrained_weights
 
         load_pretrained_weights(model, pretrained)
     return model
