@@ -18,11 +18,3 @@ from ppcls.weights.checkpoint import (find_checkpoint, load_checkpoint, previous
 from ppcls.weights.loading import (check_compatible, load_pretrained_weights, load_weights,
                                    read_state_dict, resolve_params_path)
 from ppcls.weights.model_files import find_model_files, find_onnx_file
-
-__all__ = [
-    "find_checkpoint", "load_checkpoint", "previous_prefix", "read_states",
-    "remove_checkpoint", "save_checkpoint",
-    "check_compatible", "load_pretrained_weights", "load_weights", "read_state_dict",
-    "resolve_params_path",
-    "find_model_files", "find_onnx_file",
-]

@@ -1,5 +1,4 @@
-"""Reading `.pdparams` files and loading them into a model, with errors that say what is
-wrong and where."""
+"""Loading weights into a model, with errors that say what is wrong and where."""
 
 import os
 
@@ -18,8 +17,7 @@ def strip_params_suffix(path):
 
 
 def resolve_params_path(path):
-    """The existing weights file for a path given with or without the `.pdparams` suffix
-    (a bare path is tried last: weights saved under another name, e.g. a `.pdema` file)."""
+    """Accept a weights path with or without `.pdparams` (or another file, e.g. `.pdema`)."""
     params = strip_params_suffix(path) + PARAMS_SUFFIX
     for candidate in (params, str(path)):
         if os.path.isfile(candidate):

@@ -1,6 +1,5 @@
-"""The files of an exported model: what `tools/export_model.py` and `tools/export_onnx.py`
-write into a model directory, and finding them again for prediction. Kept out of the
-training engine so that the deployed predictor does not import it."""
+"""The files `tools/export_model.py` and `tools/export_onnx.py` write, found again for
+prediction. Outside ppcls.engine so that the deployed predictor does not import training."""
 
 import os
 
