@@ -12,13 +12,6 @@ from ppcls.arch import build_model
 from ppcls.ops import depthwise_conv as dw
 
 
-@pytest.fixture(autouse=True)
-def custom_kernel_on():
-    dw.set_enabled(True)
-    yield
-    dw.set_enabled(True)
-
-
 def test_the_kernel_builds_here():
     assert dw.custom_op() is not None  # this machine has a compiler: no silent fallback
 
@@ -121,8 +114,9 @@ def test_other_calls_take_the_builtin_path():
     assert not dw.applies(paddle.randn([1, 8, 8, 8]), paddle.randn([8, 2, 3, 3]), None,
                           **dict(args, groups=4))  # grouped, not depthwise
     assert not dw.applies(x, weight, None, **dict(args, stride=[1, 2]))
-    dw.set_enabled(False)
-    assert not dw.applies(x, weight, None, **args)
+    with dw.enabled(False):
+        assert not dw.applies(x, weight, None, **args)
+    assert dw.applies(x, weight, None, **args)  # back on after the block
 
 
 def test_a_failed_build_warns_once_and_uses_the_builtin_kernel(tmp_path, monkeypatch):
@@ -161,8 +155,8 @@ def test_a_training_step_gives_the_same_loss_and_gradients(name):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ours = train_step_grads(model, images, labels)
     model.set_state_dict(state)  # BN running statistics moved; the step itself did not
-    dw.set_enabled(False)
-    builtin = train_step_grads(model, images, labels)
+    with dw.enabled(False):
+        builtin = train_step_grads(model, images, labels)
     assert ours[0] == pytest.approx(builtin[0], rel=1e-5)
     assert ours[1].keys() == builtin[1].keys()
     # Float32 sums in another order, amplified through ~50 layers and BatchNorm over a

@@ -111,8 +111,16 @@ def test_bad_files_get_their_own_error_and_the_rest_is_predicted(exported, tmp_p
 
 
 def test_predictor_rejects_unknown_keys_and_incomplete_models(exported, tmp_path):
-    with pytest.raises(ConfigError, match="unknown key Global.use_gpus"):
+    with pytest.raises(ConfigError, match=r"Global: unknown key 'use_gpus' \(did you mean "
+                                          r"'use_gpu'\?\)"):
         run_predictor(exported, exported["images"], tmp_path / "r.json", extra=["-o", "Global.use_gpus=False"])
+    for key, value in (("use_int8", "True"), ("enable_profile", "True"), ("save_log_path", "x")):
+        with pytest.raises(ConfigError, match=f"Global.{key}: .* is not supported here"):
+            run_predictor(exported, exported["images"], tmp_path / "r.json",
+                          extra=["-o", f"Global.{key}={value}"])
+    with pytest.raises(ConfigError, match="PostProcess.SavePreLabel is not supported here"):
+        run_predictor(exported, exported["images"], tmp_path / "r.json",
+                      extra=["-o", "PostProcess.SavePreLabel.save_dir=./pre_label"])
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     shutil.copy(exported["model_dir"] / "inference.pdiparams", incomplete)

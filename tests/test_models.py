@@ -1,25 +1,27 @@
-"""The model zoo: registry, sizes, arguments, shapes, training step and export."""
+"""The model zoo: registry, variant records, sizes, arguments, shapes, training step and
+export."""
+
+import ast
+import inspect
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
 from ppcls.arch import available_models, build_model
-from ppcls.arch.backbone import VARIANTS
+from ppcls.arch.backbone.model_zoo import mnasnet
+from ppcls.arch.backbone.model_zoo.mnasnet_variants import (
+    TIMM, TORCHVISION, VARIANT_BY_NAME, VARIANTS)
+from ppcls.arch.registry import get_model_builder
 from ppcls.utils.errors import ConfigError
 from ppcls.utils.model_stats import count_macs, count_params
 
-ALL_VARIANTS = [names[0] for names, _, _ in VARIANTS]
-
-# Trainable parameters at 1000 classes, as the references count them.
-REFERENCE_PARAMS = {
-    "MnasNet_B1_x0_5": 2_218_512,  # torchvision mnasnet0_5
-    "MnasNet_B1_x0_75": 3_170_208,  # torchvision mnasnet0_75
-    "MnasNet_B1_x1_0": 4_383_312,  # torchvision mnasnet1_0
-    "MnasNet_B1_x1_3": 6_282_256,  # torchvision mnasnet1_3
-    "MnasNet_A1_x1_0": 3_887_038,  # timm semnasnet_100
-    "MnasNet_small": 2_030_264,  # timm mnasnet_small
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_VARIANTS = [v.name for v in VARIANTS]
 
 
 def small_model(name, **kwargs):
@@ -27,9 +29,42 @@ def small_model(name, **kwargs):
     return build_model({"Arch": {"name": name, "class_num": 10, **kwargs}})
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
-def test_parameter_count_equals_reference(name):
-    assert count_params(build_model({"Arch": {"name": name}})) == REFERENCE_PARAMS[name]
+def test_every_registered_name_resolves_to_its_record():
+    assert sorted(VARIANT_BY_NAME) == available_models()
+    for name, variant in VARIANT_BY_NAME.items():
+        assert get_model_builder(name).variant is variant
+        assert getattr(mnasnet, variant.name) is get_model_builder(name)
+    assert {v.arch for v in VARIANTS} == set(mnasnet.ARCHITECTURES)
+    # Each builder is assigned by name in the source, where editors and type checkers look.
+    tree = ast.parse(inspect.getsource(mnasnet))
+    assigned = {t.id for node in tree.body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)}
+    assert {v.name for v in VARIANTS} <= assigned
+
+
+def test_variant_records_agree_with_their_sources():
+    for v in VARIANTS:
+        published = {(p.source, p.model): p for p in v.published}
+        for w in v.weights:
+            assert w.source in v.twins and w.url.startswith("https://")
+            if w.source == "timm":  # hub repository timm/<model>.<tag>, accuracy in timm's csv
+                assert w.name.startswith(v.twins["timm"] + ".") and (TIMM, w.name) in published
+            else:  # the file name carries the digest's first digits; metadata counts params
+                assert f"-{w.sha256_prefix}." in w.url
+                assert published[TORCHVISION, v.twins["torchvision"]].params_m * 1e6 == \
+                    pytest.approx(v.ref_params)
+            assert w.sha256 is None or re.fullmatch("[0-9a-f]{64}", w.sha256)
+
+
+def test_tools_read_the_records_without_paddle():
+    code = ("import sys; from tools.benchmark import variant_records; "
+            "assert variant_records().VARIANTS; assert 'paddle' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.ref_params], ids=lambda v: v.name)
+def test_parameter_count_equals_reference(variant):
+    assert count_params(build_model({"Arch": {"name": variant.name}})) == variant.ref_params
 
 
 def test_reproduction_names_alias_b1_variants():

@@ -50,7 +50,7 @@ def test_a_broken_command_is_reported_failed_with_nonzero_exit(lite_data, tmp_pa
     log = results("MnasNet_B1_x0_5")
     assert " Run failed with command - MnasNet_B1_x0_5 - python tools/train.py" in log
     assert "Global.seeed" in log and "Run successfully" not in log
-    assert "unknown key Global.seeed" in proc.stdout  # the failing command's own message
+    assert "Global: unknown key 'seeed' (did you mean 'seed'?)" in proc.stdout  # the failing command's own message
 
 
 def test_paddleclas_written_config_runs_with_our_model_name(lite_data, tmp_path):

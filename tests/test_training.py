@@ -148,20 +148,36 @@ def test_amp_on_cpu_warns_and_trains_in_float32(digits, tmp_path, capsys):
 def test_to_static_training_matches_dygraph(digits, tmp_path):
     """The compiled step uses Paddle's depthwise kernel, so dygraph does too here: early
     training at 32 px amplifies float32 rounding differences between kernels."""
-    depthwise_conv.set_enabled(False)
-    try:
+    with depthwise_conv.enabled(False):
         make_engine(digits, tmp_path / "dy", epochs=1).train()
-        make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
-    finally:
-        depthwise_conv.set_enabled(True)
+    make_engine(digits, tmp_path / "st", epochs=1, extra=["Global.to_static=True"]).train()
+    assert depthwise_conv.applies(paddle.randn([1, 4, 8, 8]), paddle.randn([4, 1, 3, 3]), None,
+                                  1, 1, 1, 4)  # to_static training left the kernel on
     np.testing.assert_allclose(read_log_losses(tmp_path / "st"), read_log_losses(tmp_path / "dy"),
                                rtol=1e-3)
 
 
-def test_visualdl_writes_scalars(digits, tmp_path):
-    make_engine(digits, tmp_path, epochs=1, extra=["Global.use_visualdl=True"]).train()
-    records = list((tmp_path / "MnasNet_B1_x0_5" / "vdl").glob("vdlrecords.*"))
-    assert records and records[0].stat().st_size > 0
+def test_visualdl_records_the_logged_values(digits, tmp_path):
+    """Every logged training loss and learning rate, and each epoch's eval top-1, read back
+    from the VisualDL record with its step."""
+    from visualdl import LogReader
+
+    make_engine(digits, tmp_path, epochs=2, extra=["Global.use_visualdl=True"]).train()
+    (record,) = (tmp_path / "MnasNet_B1_x0_5" / "vdl").glob("vdlrecords.*")
+    reader = LogReader(file_path=str(record))
+    log = (tmp_path / "MnasNet_B1_x0_5" / "train.log").read_text()
+    logged = re.findall(r"\[Epoch (\d)/2\]\[Iter: (\d+)/6\]lr: ([\d.]+), CELoss: ([\d.]+)", log)
+    steps = [(int(e) - 1) * 6 + int(i) for e, i, _, _ in logged]
+    losses = reader.get_data("scalar", "Train/CELoss")
+    assert [r.id for r in losses] == steps
+    close = dict(abs=1.1e-5)  # the log prints 5 decimals; VisualDL stores float32
+    assert [r.value for r in losses] == pytest.approx([float(x[3]) for x in logged], **close)
+    lrs = reader.get_data("scalar", "Train/lr")
+    assert [r.value for r in lrs] == pytest.approx([float(x[2]) for x in logged], **close)
+    top1 = re.findall(r"\[Eval\]\[Epoch (\d)\]\[Avg\].*top1: ([\d.]+)", log)
+    evals = reader.get_data("scalar", "Eval/top1")
+    assert [r.id for r in evals] == [int(e) for e, _ in top1] == [1, 2]
+    assert [r.value for r in evals] == pytest.approx([float(v) for _, v in top1], **close)
 
 
 def test_amp_o2_master_weights_keep_the_loaded_float32_values():

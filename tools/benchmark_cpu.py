@@ -8,26 +8,18 @@ torchvision lacks). One run, one Markdown table with ratios.
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from tools.benchmark import median_ms  # noqa: E402
+from tools.benchmark import median_ms, variant_records  # noqa: E402
 
-# Our name -> (library, constructor name) of the same architecture in PyTorch.
-TORCH_TWINS = {
-    "MnasNet_B1_x0_5": ("torchvision", "mnasnet0_5"),
-    "MnasNet_B1_x0_75": ("torchvision", "mnasnet0_75"),
-    "MnasNet_B1_x1_0": ("torchvision", "mnasnet1_0"),
-    "MnasNet_B1_x1_3": ("torchvision", "mnasnet1_3"),
-    "MnasNet_B1_x1_4": ("timm", "mnasnet_140"),
-    "MnasNet_A1_x0_5": ("timm", "semnasnet_050"),
-    "MnasNet_A1_x0_75": ("timm", "semnasnet_075"),
-    "MnasNet_A1_x1_0": ("timm", "semnasnet_100"),
-    "MnasNet_A1_x1_4": ("timm", "semnasnet_140"),
-    "MnasNet_small": ("timm", "mnasnet_small"),
-}
+# Our name -> (library, constructor name) of the same architecture in PyTorch: torchvision's
+# MNASNet where it has the variant, else timm's.
+TORCH_TWINS = {v.name: next((lib, v.twins[lib]) for lib in ("torchvision", "timm") if lib in v.twins)
+               for v in variant_records().VARIANTS}
 # The issue's depthwise cases: (label, N, C, H, W, kernel, stride, with backward).
 KERNEL_CASES = [
     ("dw 5x5, 32x240x28x28, forward", 32, 240, 28, 28, 5, 1, False),
@@ -70,9 +62,6 @@ class PaddleBench:
         paddle.set_device("cpu")
         if depthwise_conv.custom_op() is None:
             raise SystemExit("error: the custom depthwise kernel did not build; see the warning")
-
-    def use_custom(self, on):
-        self.dw.set_enabled(on)
 
     def kernel(self, n, c, h, w, k, stride, backward):
         paddle, dw = self.paddle, self.dw
@@ -181,25 +170,27 @@ def fmt(value, unit):
 
 def measure(bench, args, variants):
     """{case label: figure}; kernels in ms, models in img/s. `variants` maps a column
-    name to a setup call (e.g. our kernel on or off)."""
+    name to a context in which to measure it (e.g. our kernel on or off)."""
     results = {}
     if not args.skip_kernels:
         for label, *case in KERNEL_CASES:
-            for column, setup in variants.items():
-                setup()
-                results[f"{column}|{label}"] = median_seconds(bench.kernel(*case), args.steps) * 1e3
+            for column, context in variants.items():
+                with context():
+                    results[f"{column}|{label}"] = median_seconds(bench.kernel(*case),
+                                                                  args.steps) * 1e3
     for name in args.names:
         model = bench.model(name)
         cases = [(f"train b{args.batch} @{s}", "train", s) for s in args.train_sizes]
         cases.append(("dygraph infer b1 @224", "infer", 224))
         for label, kind, size in cases:
-            for column, setup in variants.items():
-                setup()
-                if kind == "train":
-                    fn, images, steps = bench.train_step(model, args.batch, size), args.batch, args.steps
-                else:
-                    fn, images, steps = bench.infer(model, size), 1, 20
-                results[f"{column}|{name}, {label}"] = images / median_seconds(fn, steps)
+            for column, context in variants.items():
+                with context():
+                    if kind == "train":
+                        fn, images, steps = (bench.train_step(model, args.batch, size),
+                                             args.batch, args.steps)
+                    else:
+                        fn, images, steps = bench.infer(model, size), 1, 20
+                    results[f"{column}|{name}, {label}"] = images / median_seconds(fn, steps)
     return results
 
 
@@ -213,11 +204,11 @@ def run_worker(args):
     set_default_threads()
     if args.worker == "torch":
         bench = TorchBench(args.threads)
-        variants = {"torch": lambda: None}
+        variants = {"torch": contextlib.nullcontext}
     else:
         bench = PaddleBench()
-        variants = {"builtin": lambda: bench.use_custom(False),
-                    "ours": lambda: bench.use_custom(True)}
+        variants = {"builtin": lambda: bench.dw.enabled(False),
+                    "ours": lambda: bench.dw.enabled(True)}
     results = measure(bench, args, variants)
     if args.worker == "paddle":
         import paddle

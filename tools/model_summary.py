@@ -10,8 +10,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from ppcls.arch import build_model  # noqa: E402
-from ppcls.arch.backbone import VARIANTS  # noqa: E402
-from ppcls.arch.backbone.model_zoo.mnasnet_references import PUBLISHED  # noqa: E402
+from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANT_BY_NAME, VARIANTS  # noqa: E402
 from ppcls.utils.model_stats import count_macs, count_params  # noqa: E402
 
 
@@ -23,7 +22,7 @@ def summary_rows(names, size):
     for name in names:
         model = build_model({"Arch": {"name": name}})
         params, macs = count_params(model), count_macs(model, size)
-        published = PUBLISHED.get(name) or [(None, "-", None, None, None, None)]
+        published = VARIANT_BY_NAME[name].published or [(None, "-", None, None, None, None)]
         for i, (source, ref_name, top1, _top5, ref_params, ref_macs) in enumerate(published):
             ours = (f"{params / 1e6:.3f}", f"{macs / 1e6:.1f}") if i == 0 else ("", "")
             yield (name if i == 0 else "", *ours, ref_name, fmt(top1, 2), fmt(ref_params, 2),
@@ -33,7 +32,7 @@ def summary_rows(names, size):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--names", nargs="*", default=[v[0][0] for v in VARIANTS])
+    parser.add_argument("--names", nargs="*", default=[v.name for v in VARIANTS])
     args = parser.parse_args(argv)
     header = ("model", "params (M)", f"MACs @{args.size} (M)", "reference", "ref top-1",
               "ref params (M)", "ref MACs @224 (M)", "source")

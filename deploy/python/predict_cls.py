@@ -23,9 +23,15 @@ from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, list_images
                              print_results, save_results)
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import load_yaml, apply_override, parse_override, parse_args  # noqa: E402
-from ppcls.utils.errors import ConfigError  # noqa: E402
+from ppcls.utils.errors import ConfigError, unknown  # noqa: E402
 
 SECTIONS = ("Global", "PreProcess", "PostProcess")
+# PaddleClas deploy keys accepted only with their default value here.
+NOT_IMPLEMENTED = {
+    "use_int8": "INT8 inference is not implemented yet",
+    "enable_profile": "Paddle Inference's profiler is not wired in",
+    "save_log_path": "the benchmark prints its figures; results go to save_path",
+}
 
 
 def load_config(path, overrides):
@@ -34,11 +40,13 @@ def load_config(path, overrides):
         apply_override(config, *parse_override(text))
     for section in config:
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
-    for key in config.get("Global") or {}:
+            raise ConfigError(f"{path}: {unknown('section', section, SECTIONS)}")
+    for key, value in (config.get("Global") or {}).items():
         if key not in DEPLOY_DEFAULTS:
-            raise ConfigError(f"{path}: unknown key Global.{key}; allowed: "
-                              + ", ".join(DEPLOY_DEFAULTS))
+            raise ConfigError(f"{path}: Global: {unknown('key', key, list(DEPLOY_DEFAULTS))}")
+        if key in NOT_IMPLEMENTED and value != DEPLOY_DEFAULTS[key]:
+            raise ConfigError(f"{path}: Global.{key}: {value!r} is not supported here "
+                              f"({NOT_IMPLEMENTED[key]})")
     config["Global"] = {**DEPLOY_DEFAULTS, **(config.get("Global") or {})}
     for key in ("infer_imgs", "inference_model_dir"):
         if not config["Global"][key]:

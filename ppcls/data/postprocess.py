@@ -60,6 +60,10 @@ def build_postprocess(spec, where):
         return Topk()
     if "main_indicator" in spec:
         name = spec["main_indicator"]
+        for key in spec:
+            if key not in ("main_indicator", name):
+                raise ConfigError(f"{where}.{key} is not supported here (only the main "
+                                  f"indicator {name} runs): remove it")
         return create(POSTPROCESSES, name, dict(spec.get(name) or {}), where, kind="post-process")
     name, args = split_spec(spec, where)
     return create(POSTPROCESSES, name, args, where, kind="post-process")

@@ -17,6 +17,7 @@ every iteration, and a watchdog reports a worker that dies (see peer_watchdog.py
 """
 
 import contextlib
+import dataclasses
 import datetime
 import math
 import os
@@ -45,15 +46,16 @@ from ppcls.weights import (find_checkpoint, load_checkpoint, load_pretrained_wei
                            save_checkpoint)
 
 
-class _StopRequested(Exception):
-    """Raised inside the loops when the ranks agreed to stop after `iteration` iterations
-    of `epoch` (`evaluated`: whether that epoch's evaluation, if due, is done; `agreed`:
-    False when only this rank knows, so no collective may run before saving)."""
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Training stops, after a stop signal, with `iteration` iterations of `epoch` done.
+    `evaluated`: whether that epoch's evaluation, if due, is done. `agreed`: whether every
+    rank knows (when only this one does, no collective may run before saving)."""
 
-    def __init__(self, epoch, iteration, evaluated=True, agreed=True):
-        super().__init__(epoch, iteration)
-        self.epoch, self.iteration, self.evaluated = epoch, iteration, evaluated
-        self.agreed = agreed
+    epoch: int
+    iteration: int
+    evaluated: bool = True
+    agreed: bool = True
 
 
 def keep_float32_masters(optimizer, model, dtype="float16"):
@@ -210,10 +212,7 @@ class Engine:
                 self.model, self.optimizer, level="O2", save_dtype="float32")
 
         self.train_model = self.model
-        if self.g["to_static"]:
-            # Paddle's tracer cannot follow the custom kernel's dispatch; a compiled graph
-            # keeps Paddle's own operators.
-            depthwise_conv.set_enabled(False)
+        if self.g["to_static"]:  # compiled at the first step, inside train()
             self.train_model = paddle.jit.to_static(self.train_model)
         if self.world_size > 1:
             # Broadcasts rank 0's weights and BN statistics to every rank.
@@ -300,28 +299,18 @@ class Engine:
         epochs = self.g["epochs"]
         logger.info("training %s for %d epochs, %d iterations each, seed %d, %d process(es)",
                     self.arch_name, epochs, self.steps_per_epoch, self.seed, self.world_size)
-        with self.signals, PeerWatchdog(self.world_size, self.rank) as watch:
-            try:
-                if self.pending_eval:
-                    self._evaluate_and_save(self.pending_eval)
-                for epoch in range(self.start_epoch, epochs + 1):
-                    start_iter = self.start_iter if epoch == self.start_epoch else 0
-                    self.train_epoch(epoch, start_iter)
-                    if self.lr.by_epoch:
-                        self.lr.step()
-                    self._sync_replicas(epoch)
-                    self._report_bad_images(epoch)
-                    self._evaluate_and_save(epoch)
-                    if epoch < epochs and self._agree(False, self.signals.requested)[1]:
-                        raise _StopRequested(epoch, self.steps_per_epoch)
-            except _StopRequested as stop:
-                # Save before the barrier, in case a rank is gone.
+        # Paddle's to_static tracer cannot follow the custom kernel's dispatch: a compiled
+        # step keeps Paddle's own depthwise operator.
+        kernel = depthwise_conv.enabled(False) if self.g["to_static"] else contextlib.nullcontext()
+        with self.signals, PeerWatchdog(self.world_size, self.rank) as watch, kernel:
+            stop = self._run_epochs()
+            if stop:  # saved before the barrier, in case a rank is gone
                 if stop.agreed:
                     self._average_statistics()
                 self.save("latest", stop.epoch, stop.iteration, evaluated=stop.evaluated)
-                watch.finish()
-                raise self._interrupted(stop) from None
             watch.finish()
+        if stop:
+            raise self._interrupted(stop)
         if self.best["epoch"]:
             logger.info("finished: best top-1 %.5f at epoch %d", self.best["metric"],
                         self.best["epoch"])
@@ -330,6 +319,25 @@ class Engine:
         if self.vdl:
             self.vdl.close()
         return self.best
+
+    def _run_epochs(self):
+        """Train the remaining epochs; a Stop if a stop signal ended them early."""
+        epochs, steps = self.g["epochs"], self.steps_per_epoch
+        if self.pending_eval and not self._evaluate_and_save(self.pending_eval):
+            return Stop(self.pending_eval, steps, evaluated=False)
+        for epoch in range(self.start_epoch, epochs + 1):
+            stop = self.train_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
+            if stop:
+                return stop
+            if self.lr.by_epoch:
+                self.lr.step()
+            self._sync_replicas(epoch)
+            self._report_bad_images(epoch)
+            if not self._evaluate_and_save(epoch):
+                return Stop(epoch, steps, evaluated=False)
+            if epoch < epochs and self._agree(False, self.signals.requested)[1]:
+                return Stop(epoch, steps)
+        return None
 
     def _interrupted(self, stop):
         # Without a signal here, another process had one and all agreed to stop.
@@ -379,27 +387,32 @@ class Engine:
         return _mix_seed(self.seed, epoch, iteration, self.rank)
 
     def train_epoch(self, epoch, start_iter=0):
+        """One epoch from `start_iter`; a Stop if a stop signal ended it early."""
         self.train_loader.batch_sampler.set_epoch(epoch, start_iter)
         self.train_model.train()
         with contextlib.closing(iter(self.train_loader)) as batches:
-            sums, seen = self._train_iterations(epoch, start_iter, batches)
-        if seen:
+            sums, seen, stop = self._train_iterations(epoch, start_iter, batches)
+        if seen and not stop:
             avg = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
             logger.info("[Train][Epoch %d/%d][Avg]%s", epoch, self.g["epochs"], avg)
+        return stop
 
     def _train_iterations(self, epoch, start_iter, batches):
         sums, seen = {}, 0
         every = self.g["save_latest_steps"]
         tic = time.time()
         for iteration in range(start_iter, self.steps_per_epoch):
-            images, labels = self._next_batch(batches, epoch, iteration)
+            batch_data = self._next_batch(batches)
+            if batch_data is None:
+                return sums, seen, Stop(epoch, iteration, agreed=False)
+            images, labels = batch_data
             reader_cost = time.time() - tic
             paddle.seed(self._step_seed(epoch, iteration))
             losses, logits = self._train_step(images, labels)
 
             batch = images.shape[0]
             values = {k: float(v) for k, v in losses.items()}
-            self._check_progress(epoch, iteration, values["loss"])
+            stop_requested = self._check_progress(epoch, iteration, values["loss"])
             for metric in self.train_metrics:
                 values.update({k: c / batch for k, c in metric.counts(logits, labels).items()})
             for key, value in values.items():
@@ -408,24 +421,28 @@ class Engine:
             batch_cost = time.time() - tic
             if iteration % self.g["print_batch_step"] == 0 or iteration == self.steps_per_epoch - 1:
                 self._log_train(epoch, iteration, sums, seen, batch, batch_cost, reader_cost)
-            if every and (iteration + 1) % every == 0 and iteration + 1 < self.steps_per_epoch:
+            last = iteration + 1 == self.steps_per_epoch
+            if stop_requested and not last:  # at the last step the epoch end comes first
+                return sums, seen, Stop(epoch, iteration + 1)
+            if every and (iteration + 1) % every == 0 and not last:
                 self._average_statistics()
                 self.save("latest", epoch, iteration + 1)
             tic = time.time()
-        return sums, seen
+        return sums, seen, None
 
-    def _next_batch(self, batches, epoch, iteration):
+    def _next_batch(self, batches):
+        """The next batch, or None when a stop signal interrupted the loader (Ctrl-C in a
+        terminal reaches its worker processes too)."""
         try:
             return next(batches)
         except Exception:
-            # Ctrl-C in a terminal also interrupts the loader's worker processes.
             if self.signals.requested:
-                raise _StopRequested(epoch, iteration, agreed=False) from None
+                return None
             raise
 
     def _check_progress(self, epoch, iteration, loss):
-        """After each step: stop on a NaN/Inf loss, or after a stop signal unless this was
-        the epoch's last step (the epoch end then finishes first)."""
+        """After each step: raise on a NaN/Inf loss on any rank; True when the ranks agree
+        to stop after a stop signal."""
         diverged, stop = self._agree(not math.isfinite(loss), self.signals.requested)
         if diverged:
             what = loss if not math.isfinite(loss) else "NaN or infinite on another process"
@@ -433,8 +450,7 @@ class Engine:
                 f"the loss became {what} at epoch {epoch}, iteration {iteration}: training "
                 f"stopped. {self._last_saved_text()} Lower Optimizer.lr.learning_rate or set "
                 "Optimizer.clip_global_norm, then resume from it")
-        if stop and iteration + 1 < self.steps_per_epoch:
-            raise _StopRequested(epoch, iteration + 1)
+        return stop
 
     def _agree(self, diverged, stop):
         """All processes stop together: one tiny all-reduce of both flags."""
@@ -531,13 +547,14 @@ class Engine:
                            len(skipped), f": {shown}" if skipped else "", dropped)
 
     def _evaluate_and_save(self, epoch):
+        """Evaluate when due and save; False if a stop signal interrupted the evaluation."""
         g = self.g
         if self.eval_loader is not None and epoch % g["eval_interval"] == 0 \
                 and epoch > g["start_eval_epoch"]:
-            try:
-                top1 = self.evaluate(epoch)["top1"]
-            except _StopRequested:
-                raise _StopRequested(epoch, self.steps_per_epoch, evaluated=False) from None
+            results = self.evaluate(epoch)
+            if results is None:
+                return False
+            top1 = results["top1"]
             if top1 > self.best["metric"] or self.best["epoch"] == 0:  # first eval always saves
                 self.best = {"metric": top1, "epoch": epoch}
                 self.save("best_model", epoch, self.steps_per_epoch)
@@ -545,16 +562,21 @@ class Engine:
         if epoch % g["save_interval"] == 0:
             self.save(f"epoch_{epoch}", epoch, self.steps_per_epoch)
         self.save("latest", epoch, self.steps_per_epoch)
+        return True
 
     # ----------------------------------------------------------- evaluation
     @paddle.no_grad()
     def evaluate(self, epoch=0):
         """Top-k accuracy and loss over every eval sample exactly once: each process
-        evaluates its unpadded shard, and the counts are summed across processes."""
+        evaluates its unpadded shard, and the counts are summed across processes. None when
+        a stop signal interrupted it (single-process training only)."""
         net = self.ema.model if self.ema else self.model
         net.eval()
         with contextlib.closing(iter(self.eval_loader)) as batches:
-            counts, loss_sum, seen = self._eval_batches(net, epoch, batches)
+            sums = self._eval_batches(net, epoch, batches)
+        if sums is None:
+            return None
+        counts, loss_sum, seen = sums
         keys = sorted(counts)
         skipped = len(self.eval_loader.policy.skipped)
         totals = self._sum_over_processes([seen, skipped, *[counts[k] for k in keys]], "int64")
@@ -591,7 +613,7 @@ class Engine:
             # Stop mid-evaluation in a single process only: evaluation shards may differ in
             # length by a batch, so processes cannot agree per batch; they stop after it.
             if self.world_size == 1 and self.mode == "train" and self.signals.requested:
-                raise _StopRequested(epoch, iteration + 1)
+                return None
         return counts, loss_sum, seen
 
     def _eval_forward(self, net, images):

@@ -16,8 +16,8 @@ import copy
 import paddle
 
 from ppcls.optimizer.learning_rate import SCHEDULES
-from ppcls.utils.errors import ConfigError
-from ppcls.utils.factory import create, split_spec
+from ppcls.utils.errors import ConfigError, unknown
+from ppcls.utils.factory import check, create, split_spec
 
 
 def _split_by_decay(named_parameters, no_weight_decay_name, one_dim_no_decay):
@@ -94,9 +94,15 @@ def _weight_decay(spec):
     name, args = split_spec(spec, "Optimizer.regularizer")
     kinds = {"L2": paddle.regularizer.L2Decay, "L1": paddle.regularizer.L1Decay}
     if name not in kinds:
-        raise ConfigError(f"Optimizer.regularizer: unknown regularizer {name!r}; available: "
-                          "L2, L1")
-    return kinds[name](float(args.get("coeff", 0.0)))
+        raise ConfigError(f"Optimizer.regularizer: {unknown('regularizer', name, list(kinds))}")
+    for key in args:
+        if key != "coeff":
+            raise ConfigError(f"Optimizer.regularizer.{name}: {unknown('argument', key, ['coeff'])}")
+    coeff = args.get("coeff", 0.0)
+    if not isinstance(coeff, (int, float)) or isinstance(coeff, bool) or coeff < 0:
+        raise ConfigError(f"Optimizer.regularizer.{name}.coeff must be a number >= 0, got "
+                          f"{coeff!r}")
+    return kinds[name](float(coeff))
 
 
 def _grad_clip(clip_norm, clip_global_norm):
@@ -109,8 +115,12 @@ def _grad_clip(clip_norm, clip_global_norm):
     return None
 
 
-def build_optimizer(config, epochs, step_each_epoch, named_parameters, multi_precision=False):
-    """Returns (optimizer, lr scheduler). `named_parameters`: the model's named_parameters()."""
+INJECTED = ("learning_rate", "parameters", "weight_decay", "grad_clip", "multi_precision")
+
+
+def _split_optimizer(config, epochs, step_each_epoch):
+    """(name, arguments, lr scheduler, weight decay, grad clip, multi_precision) of the
+    `Optimizer` section, every part checked."""
     spec = copy.deepcopy(config.get("Optimizer"))
     if not spec or "name" not in spec:
         raise ConfigError("Optimizer.name is missing; e.g. 'Optimizer: {name: Momentum, ...}'")
@@ -119,9 +129,22 @@ def build_optimizer(config, epochs, step_each_epoch, named_parameters, multi_pre
     if "weight_decay" in spec:  # AdamW configs give the coefficient directly
         weight_decay = spec.pop("weight_decay")
     grad_clip = _grad_clip(spec.pop("clip_norm", None), spec.pop("clip_global_norm", None))
+    # PaddleClas's switch for float32 master weights; AMP O2 turns them on regardless.
+    multi_precision = bool(spec.pop("multi_precision", False))
     name, args = split_spec(spec, "Optimizer")
-    args.pop("multi_precision", None)
+    check(OPTIMIZERS, name, args, "Optimizer", kind="optimizer", injected=INJECTED)
+    return name, args, lr, weight_decay, grad_clip, multi_precision
+
+
+def check_optimizer(config, epochs):
+    _split_optimizer(config, epochs, step_each_epoch=1)
+
+
+def build_optimizer(config, epochs, step_each_epoch, named_parameters, multi_precision=False):
+    """Returns (optimizer, lr scheduler). `named_parameters`: the model's named_parameters()."""
+    name, args, lr, weight_decay, grad_clip, wanted = _split_optimizer(config, epochs,
+                                                                       step_each_epoch)
     optimizer = create(OPTIMIZERS, name, args, "Optimizer", kind="optimizer", injected={
         "learning_rate": lr, "parameters": list(named_parameters), "weight_decay": weight_decay,
-        "grad_clip": grad_clip, "multi_precision": multi_precision})
+        "grad_clip": grad_clip, "multi_precision": multi_precision or wanted})
     return optimizer, lr

@@ -10,6 +10,7 @@ import math
 
 from paddle.optimizer import lr as paddle_lr
 
+from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
 
 
@@ -34,8 +35,8 @@ class _Schedule:
     """Shared arguments of PaddleClas's schedules. `epochs` and `step_each_epoch` are
     supplied by the trainer."""
 
-    def __init__(self, epochs, step_each_epoch, learning_rate, warmup_epoch=0,
-                 warmup_start_lr=0.0, last_epoch=-1, by_epoch=False):
+    def __init__(self, epochs, step_each_epoch, learning_rate: float, warmup_epoch: float = 0,
+                 warmup_start_lr: float = 0.0, last_epoch: int = -1, by_epoch: bool = False):
         if learning_rate is None or learning_rate < 0:
             raise ConfigError(f"Optimizer.lr.learning_rate must be >= 0, got {learning_rate!r}")
         self.learning_rate, self.by_epoch = float(learning_rate), by_epoch
@@ -61,7 +62,7 @@ class Constant(_Schedule):
 class Cosine(_Schedule):
     """Half a cosine from learning_rate to eta_min over the steps after warm-up."""
 
-    def __init__(self, epochs, step_each_epoch, learning_rate, eta_min: float = 0.0, **kwargs):
+    def __init__(self, epochs, step_each_epoch, learning_rate: float, eta_min: float = 0.0, **kwargs):
         super().__init__(epochs, step_each_epoch, learning_rate, **kwargs)
         self.eta_min = eta_min
 
@@ -73,7 +74,7 @@ class Cosine(_Schedule):
 class Linear(_Schedule):
     """Polynomial decay (power 1: linear) to end_lr over the steps after warm-up."""
 
-    def __init__(self, epochs, step_each_epoch, learning_rate, end_lr: float = 0.0,
+    def __init__(self, epochs, step_each_epoch, learning_rate: float, end_lr: float = 0.0,
                  power: float = 1.0, **kwargs):
         super().__init__(epochs, step_each_epoch, learning_rate, **kwargs)
         self.end_lr, self.power = end_lr, power
@@ -86,9 +87,14 @@ class Linear(_Schedule):
 class Piecewise(_Schedule):
     """values[i] after the i-th boundary of decay_epochs (values has one more entry)."""
 
-    def __init__(self, epochs, step_each_epoch, decay_epochs: list, values: list, **kwargs):
+    def __init__(self, epochs, step_each_epoch, decay_epochs: list, values: list,
+                 learning_rate: (float, type(None)) = None, **kwargs):
         if len(values) != len(decay_epochs) + 1:
             raise ConfigError("Optimizer.lr.values needs one more entry than decay_epochs")
+        if learning_rate is not None and learning_rate != values[0]:
+            # PaddleClas configs often give it too, and PaddleClas does not use it either.
+            logger.warning("Optimizer.lr.learning_rate (%s) is not used by Piecewise: the "
+                           "rate starts at values[0] (%s)", learning_rate, values[0])
         super().__init__(epochs, step_each_epoch, values[0], **kwargs)
         self.boundaries = [e * self.steps_per_unit for e in decay_epochs]
         self.values = values
@@ -101,7 +107,7 @@ class Exponential(_Schedule):
     """learning_rate * gamma ** (step / decay period); the TF MnasNet recipe decays by 0.97
     every 2.4 epochs in steps (staircase)."""
 
-    def __init__(self, epochs, step_each_epoch, learning_rate, gamma: float = 0.97,
+    def __init__(self, epochs, step_each_epoch, learning_rate: float, gamma: float = 0.97,
                  decay_epochs: float = 2.4, staircase: bool = True, **kwargs):
         super().__init__(epochs, step_each_epoch, learning_rate, **kwargs)
         self.gamma, self.staircase = gamma, staircase
@@ -115,7 +121,7 @@ class Exponential(_Schedule):
 class Step(_Schedule):
     """Multiply by gamma every step_size epochs."""
 
-    def __init__(self, epochs, step_each_epoch, learning_rate, step_size: int, gamma: float = 0.1,
+    def __init__(self, epochs, step_each_epoch, learning_rate: float, step_size: int, gamma: float = 0.1,
                  **kwargs):
         super().__init__(epochs, step_each_epoch, learning_rate, **kwargs)
         self.gamma, self.step_size = gamma, step_size * self.steps_per_unit

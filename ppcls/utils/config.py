@@ -11,7 +11,7 @@ import re
 
 import yaml
 
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import ConfigError, unknown
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-3` as a string; configs mean the number (PaddleClas accepts it)."""
@@ -60,10 +60,11 @@ GLOBAL_SCHEMA = {
     "save_inference_dir": ((str,), "./inference"),
     "to_static": ((bool,), False),
     "seed": ((int, NoneType), None),
+    # Upstream keys accepted with the value implemented here (others refused in checks.py).
     "use_dali": ((bool,), False),
     "eval_mode": ((str,), "classification"),
     "use_multilabel": ((bool,), False),
-    # Accepted from upstream configs and TIPC command lines; no effect here.
+    # TIPC's AMP switch on upstream command lines: null here; other values warn (ppcls/checks.py).
     "auto_cast": ((str, bool, NoneType), None),
 }
 AMP_SCHEMA = {
@@ -150,8 +151,7 @@ def validate(config, source="config"):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     for section in config:
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section {section!r}; allowed: "
-                              + ", ".join(SECTIONS))
+            raise ConfigError(f"{source}: {unknown('section', section, SECTIONS)}")
     for section, schema in SCHEMAS.items():
         if section not in config:
             continue
@@ -160,8 +160,7 @@ def validate(config, source="config"):
             raise ConfigError(f"{source}: {section} must be a mapping")
         for key, value in values.items():
             if key not in schema:
-                raise ConfigError(f"{source}: unknown key {section}.{key}; allowed: "
-                                  + ", ".join(schema))
+                raise ConfigError(f"{source}: {section}: {unknown('key', key, list(schema))}")
             types = schema[key][0]
             if not is_instance(value, types):
                 raise ConfigError(f"{source}: {section}.{key} must be {type_names(types)}, "
@@ -209,11 +208,15 @@ def load_yaml(path):
 
 
 def get_config(path, overrides=()):
-    """Load `path`, apply overrides in order, validate."""
+    """Load `path`, apply overrides in order, validate the typed sections, then check every
+    other section against what it builds (`ppcls.checks`): the one step from a config file
+    to a config the tools can trust."""
+    from ppcls.checks import check_config  # it imports the builders, which import this
+
     config = load_yaml(path)
     for text in overrides or ():
         apply_override(config, *parse_override(text))
-    return validate(config, source=path)
+    return check_config(validate(config, source=path), path)
 
 
 def parse_args(argv=None, description=None):

@@ -3,14 +3,16 @@
 A config names a component in one of PaddleClas's two forms:
     - CELoss: {epsilon: 0.1}        (a one-key mapping, used in lists)
     name: Momentum, momentum: 0.9    (a `name` key beside the arguments)
-Unknown names, unknown arguments, missing arguments and values whose type does not match
-the constructor's annotation are ConfigErrors that name the config key.
+Unknown names, unknown arguments (with a did-you-mean), missing arguments and values whose
+type does not match the constructor's annotation are ConfigErrors that name the config key.
+A class that takes **kwargs and passes them to its base is checked against the arguments of
+every `__init__` along its bases.
 """
 
 import inspect
 
-from ppcls.utils.config import is_instance, type_names
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.config import SECTIONS, is_instance, type_names
+from ppcls.utils.errors import ConfigError, unknown
 
 _SIMPLE_TYPES = (int, float, bool, str, list, dict)
 
@@ -41,36 +43,57 @@ def _annotation_types(annotation):
     return None
 
 
-def create(registry, name, args, where, kind="component", injected=None):
-    """Instantiate registry[name](**args, **injected). `injected` are arguments the framework
-    supplies (e.g. epochs, step_each_epoch) and are not checked against the config."""
+def parameters(target):
+    """Named parameters of `target`; for a class taking **kwargs, those of its bases'
+    `__init__` too (where the keyword arguments go)."""
+    params = dict(inspect.signature(target).parameters)
+    if inspect.isclass(target) and any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        for base in target.__mro__[1:]:
+            if "__init__" in vars(base) and base is not object:
+                for key, param in inspect.signature(base.__init__).parameters.items():
+                    # the subclass supplies the base's required ones itself
+                    params.setdefault(key, param if param.default is not param.empty
+                                      else param.replace(default=None))
+    return {k: p for k, p in params.items()
+            if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def check(registry, name, args, where, kind="component", injected=()):
+    """Check a config entry against what it builds, without building it; returns the
+    registry's target."""
     if name not in registry:
-        raise ConfigError(f"{where}: unknown {kind} {name!r}; available: "
-                          + ", ".join(sorted(registry)))
+        raise ConfigError(f"{where}: {unknown(kind, name, sorted(registry))}")
     target = registry[name]
-    params = inspect.signature(target).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    injected = dict(injected or {})
+    params = parameters(target)
     for key, value in args.items():
         param = params.get(key)
-        if param is None:
-            if takes_any:
-                continue
-            allowed = [p for p in params if p not in injected and p != "self"
-                       and params[p].kind not in (params[p].VAR_POSITIONAL, params[p].VAR_KEYWORD)]
-            raise ConfigError(f"{where}.{name}: unknown argument {key!r}; allowed: "
-                              + ", ".join(allowed))
+        if param is None or key in injected:
+            allowed = [p for p in params if p not in injected]
+            raise ConfigError(f"{where}.{name}: {unknown('argument', key, allowed)}")
         types = _annotation_types(param.annotation)
         if types and not (value is None and param.default is None) and not is_instance(value, types):
             raise ConfigError(f"{where}.{name}.{key} must be {type_names(types)}, got {value!r}")
-    call_args = {k: v for k, v in injected.items() if k in params or takes_any}
-    call_args.update(args)
-    missing = [p.name for p in params.values()
-               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-               and p.name not in call_args]
+    missing = [k for k, p in params.items()
+               if p.default is p.empty and k not in args and k not in injected]
     if missing:
         raise ConfigError(f"{where}.{name}: missing required argument(s) {', '.join(missing)}")
-    return target(**call_args)
+    return target
+
+
+def create(registry, name, args, where, kind="component", injected=None):
+    """Instantiate registry[name](**args, **injected). `injected` are arguments the framework
+    supplies (e.g. epochs, step_each_epoch) and are not checked against the config."""
+    injected = dict(injected or {})
+    target = check(registry, name, args, where, kind, injected)
+    params = parameters(target)
+    call_args = {k: v for k, v in injected.items() if k in params}
+    call_args.update(args)
+    try:
+        return target(**call_args)
+    except ConfigError as err:  # a value out of range: name where it was given
+        if str(err).startswith(SECTIONS):
+            raise
+        raise ConfigError(f"{where}.{name}: {err}") from None
 
 
 def create_from_spec(registry, spec, where, kind="component", injected=None):

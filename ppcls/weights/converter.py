@@ -16,23 +16,10 @@ from ppcls.utils.errors import WeightsError
 
 SOURCES = ("torchvision", "timm", "reproduction")
 
-# Reference model names and the variant of ours that computes the same function.
-REFERENCE_ARCHS = {
-    ("torchvision", "mnasnet0_5"): "MnasNet_B1_x0_5",
-    ("torchvision", "mnasnet0_75"): "MnasNet_B1_x0_75",
-    ("torchvision", "mnasnet1_0"): "MnasNet_B1_x1_0",
-    ("torchvision", "mnasnet1_3"): "MnasNet_B1_x1_3",
-    ("timm", "mnasnet_050"): "MnasNet_B1_x0_5",
-    ("timm", "mnasnet_075"): "MnasNet_B1_x0_75",
-    ("timm", "mnasnet_100"): "MnasNet_B1_x1_0",
-    ("timm", "mnasnet_140"): "MnasNet_B1_x1_4",
-    ("timm", "semnasnet_050"): "MnasNet_A1_x0_5",
-    ("timm", "semnasnet_075"): "MnasNet_A1_x0_75",
-    ("timm", "semnasnet_100"): "MnasNet_A1_x1_0",
-    ("timm", "semnasnet_140"): "MnasNet_A1_x1_4",
-    ("timm", "mnasnet_small"): "MnasNet_small",
-    ("reproduction", "mnasnet1_0"): "MnasNet_B1_x1_0",
-}
+# Reference model names and the variant of ours that computes the same function: a view of
+# the variant records' twins.
+from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANTS  # noqa: E402
+REFERENCE_ARCHS = {(library, ref): v.name for v in VARIANTS for library, ref in v.twins.items()}
 
 # Tensors a reference keeps that have no counterpart here (PyTorch's BN step counter).
 IGNORED_SOURCE_SUFFIXES = (".num_batches_tracked",)

@@ -15,6 +15,7 @@ used. PPCLS_DEPTHWISE_CONV=builtin turns it off.
 
 import fcntl
 import hashlib
+import contextlib
 import os
 import platform
 import threading
@@ -86,10 +87,16 @@ def custom_op():
     return _module or None
 
 
-def set_enabled(enabled):
-    """Use (True) or bypass (False) the custom kernel; for benchmarks and tests."""
+@contextlib.contextmanager
+def enabled(on):
+    """Use (True) or bypass (False) the custom kernel inside the block; the setting before
+    it comes back afterwards, however the block ends."""
     global _enabled
-    _enabled = bool(enabled)
+    previous, _enabled = _enabled, bool(on)
+    try:
+        yield
+    finally:
+        _enabled = previous
 
 
 def applies(x, weight, bias, stride, padding, dilation, groups):

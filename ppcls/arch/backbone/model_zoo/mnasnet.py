@@ -6,6 +6,9 @@ Every variant is one stage table plus a width multiplier. The topology matches t
 `mnasnet_small` exactly when `stem_relu=False`, so their weights convert one-to-one
 (see `ppcls/weights/converter.py`). `stem_relu=True` (the default) adds the Paddle
 reproduction's extra ReLU after the first block's 1x1 projection BatchNorm.
+
+The variants (names, stage table, width) and what the references publish about each are
+one record per variant in `mnasnet_variants.py`; the builders at the end read them.
 """
 
 import math
@@ -13,6 +16,8 @@ from collections import namedtuple
 
 import paddle.nn as nn
 
+from ppcls.arch.backbone.model_zoo.mnasnet_variants import (  # noqa: F401  (VARIANTS re-exported)
+    VARIANT_BY_NAME, VARIANTS)
 from ppcls.arch.registry import register_model
 from ppcls.ops.depthwise_conv import DepthwiseConv2D
 
@@ -186,42 +191,35 @@ class MnasNet(nn.Layer):
         return self.fc(self.dropout(x))
 
 
-def _build(arch, width, pretrained=False, **kwargs):
-    model = MnasNet(arch=arch, width=width, **kwargs)
-    if pretrained:
-        from ppcls.weights import load_pretrained_weights
+def _register(name):
+    """Build and register the builder of the VARIANTS record `name`, under all its names."""
+    variant = VARIANT_BY_NAME[name]
 
-        load_pretrained_weights(model, pretrained)
-    return model
-
-
-# (registered names, architecture, width). The reproduction's names alias the B1 builders.
-VARIANTS = [
-    (("MnasNet_B1_x0_5", "mnasnet0_5"), "B1", 0.5),
-    (("MnasNet_B1_x0_75", "mnasnet0_75"), "B1", 0.75),
-    (("MnasNet_B1_x1_0", "mnasnet1_0"), "B1", 1.0),
-    (("MnasNet_B1_x1_3", "mnasnet1_3"), "B1", 1.3),
-    (("MnasNet_B1_x1_4",), "B1", 1.4),
-    (("MnasNet_A1_x0_5",), "A1", 0.5),
-    (("MnasNet_A1_x0_75",), "A1", 0.75),
-    (("MnasNet_A1_x1_0",), "A1", 1.0),
-    (("MnasNet_A1_x1_4",), "A1", 1.4),
-    (("MnasNet_small",), "small", 1.0),
-]
-
-
-def _make_builder(names, arch, width):
     def builder(pretrained=False, class_num=1000, stem_relu=True, dropout=0.2,
                 bn_momentum=0.9, bn_epsilon=1e-5):
-        return _build(arch, width, pretrained=pretrained, class_num=class_num,
-                      stem_relu=stem_relu, dropout=dropout, bn_momentum=bn_momentum,
-                      bn_epsilon=bn_epsilon)
+        model = MnasNet(arch=variant.arch, width=variant.width, class_num=class_num,
+                        stem_relu=stem_relu, dropout=dropout, bn_momentum=bn_momentum,
+                        bn_epsilon=bn_epsilon)
+        if pretrained:
+            from ppcls.weights import load_pretrained_weights
 
-    builder.__name__ = names[0]
-    builder.__doc__ = f"MnasNet-{arch} at width x{width}."
-    builder.arch, builder.width = arch, width
-    return register_model(*names)(builder)
+            load_pretrained_weights(model, pretrained)
+        return model
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"MnasNet-{variant.arch} at width x{variant.width}."
+    builder.variant = variant
+    return register_model(*variant.names)(builder)
 
 
-for _names, _arch, _width in VARIANTS:
-    globals()[_names[0]] = _make_builder(_names, _arch, _width)
+# Written out (not generated) so that editors and type checkers see every builder.
+MnasNet_B1_x0_5 = _register("MnasNet_B1_x0_5")
+MnasNet_B1_x0_75 = _register("MnasNet_B1_x0_75")
+MnasNet_B1_x1_0 = _register("MnasNet_B1_x1_0")
+MnasNet_B1_x1_3 = _register("MnasNet_B1_x1_3")
+MnasNet_B1_x1_4 = _register("MnasNet_B1_x1_4")
+MnasNet_A1_x0_5 = _register("MnasNet_A1_x0_5")
+MnasNet_A1_x0_75 = _register("MnasNet_A1_x0_75")
+MnasNet_A1_x1_0 = _register("MnasNet_A1_x1_0")
+MnasNet_A1_x1_4 = _register("MnasNet_A1_x1_4")
+MnasNet_small = _register("MnasNet_small")

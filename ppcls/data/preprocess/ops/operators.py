@@ -47,10 +47,18 @@ def parse_number(value):
     return float(value)
 
 
+def only(key, value, supported, why):
+    """PaddleClas keys accepted with the one value implemented here; others are refused."""
+    if value != supported:
+        raise ConfigError(f"{key}: {value!r} is not supported, only {supported!r} ({why})")
+
+
 class DecodeImage:
     """Encoded bytes -> HWC uint8 array (RGB unless to_rgb is False)."""
 
     def __init__(self, to_rgb=True, channel_first=False, to_np=True, backend="cv2"):
+        only("to_np", to_np, True, "images are numpy arrays throughout")
+        only("backend", backend, "cv2", "images are decoded with OpenCV")
         self.to_rgb, self.channel_first = to_rgb, channel_first
 
     def __call__(self, data, rng=None):
@@ -73,6 +81,7 @@ class ResizeImage:
     def __init__(self, size=None, resize_short=None, interpolation=None, backend="cv2"):
         if (size is None) == (resize_short is None):
             raise ConfigError("ResizeImage needs exactly one of size and resize_short")
+        only("backend", backend, "cv2", "resizing uses OpenCV")
         self.size = _size_pair(size) if size is not None else None
         self.resize_short = resize_short
         self.interpolation = _interpolation(interpolation)
@@ -109,6 +118,7 @@ class RandCropImage:
 
     def __init__(self, size, scale=None, ratio=None, interpolation=None, use_log_aspect=False,
                  backend="cv2"):
+        only("backend", backend, "cv2", "resizing uses OpenCV")
         self.size = _size_pair(size)
         self.scale = tuple(parse_number(s) for s in (scale or (0.08, 1.0)))
         self.ratio = tuple(parse_number(r) for r in (ratio or (3.0 / 4.0, 4.0 / 3.0)))
@@ -168,6 +178,11 @@ class NormalizeImage:
                              dtype=np.float32).reshape(shape)
         self.std = np.array(std if std is not None else [0.229, 0.224, 0.225],
                             dtype=np.float32).reshape(shape)
+        only("channel_num", channel_num, 3, "images have 3 channels")
+        for key, value in (("mean", mean), ("std", std)):
+            if value is not None and (not isinstance(value, (list, tuple)) or len(value) != 3):
+                raise ConfigError(f"{key} must be a list of 3 numbers (one per channel), got "
+                                  f"{value!r}")
         self.dtype = np.float16 if output_fp16 else np.float32
 
     def __call__(self, img, rng=None):
