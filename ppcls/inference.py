@@ -13,10 +13,9 @@ import random
 import numpy as np
 
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
-from ppcls.engine.export import find_model_files
 from ppcls.utils.errors import ConfigError
+from ppcls.weights import find_model_files, find_onnx_file
 
-ONNX_FILE = "model.onnx"
 # PaddleClas's inference keys (accepted even where they have no effect here) and ours.
 DEPLOY_DEFAULTS = {
     "infer_imgs": None, "inference_model_dir": None, "batch_size": 1, "backend": "paddle",
@@ -150,10 +149,7 @@ def paddle_runner(g):
 def onnxruntime_runner(g):
     import onnxruntime
 
-    path = os.path.join(g["inference_model_dir"], ONNX_FILE)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path} not found: create it with tools/export_onnx.py "
-                          f"--model_dir {g['inference_model_dir']}")
+    path = find_onnx_file(g["inference_model_dir"])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(g["cpu_num_threads"])
     options.log_severity_level = 3  # paddle2onnx leaves unused initializers; not worth a warning

@@ -8,9 +8,9 @@ import pytest
 
 from parity import FIXTURE_DIR, load_fixture, reference_weights
 from ppcls.arch import build_model
-from ppcls.arch.weight_converter import convert_state_dict, read_checkpoint
 from ppcls.utils.errors import WeightsError
-from ppcls.utils.save_load import load_pretrained_weights
+from ppcls.weights import load_pretrained_weights
+from ppcls.weights.converter import convert_state_dict, read_checkpoint
 from tools import convert_weights
 
 TV_0_5 = load_fixture(FIXTURE_DIR / "torchvision_mnasnet0_5.json")

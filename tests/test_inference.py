@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -125,6 +126,16 @@ def test_predictor_rejects_unknown_keys_and_incomplete_models(exported, tmp_path
     shutil.copy(exported["model_dir"] / "inference.pdiparams", incomplete)
     with pytest.raises(ConfigError, match="missing inference.json or inference.pdmodel"):
         predict_cls.RUNNERS["paddle"]({**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(incomplete)})
+    with pytest.raises(ConfigError, match="model.onnx not found: create it with tools/export_onnx.py"):
+        predict_cls.RUNNERS["onnxruntime"]({**predict_cls.DEPLOY_DEFAULTS,
+                                            "inference_model_dir": str(incomplete)})
+
+
+def test_deployed_predictor_does_not_import_the_training_engine():
+    code = "import sys, ppcls.inference; print('ppcls.engine' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
 
 
 def test_benchmark_prints_stage_timings(exported, tmp_path, capsys):

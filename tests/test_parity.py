@@ -6,8 +6,8 @@ import pytest
 
 from parity import fixture_paths, load_fixture, reference_input, reference_weights
 from ppcls.arch import build_model
-from ppcls.arch.weight_converter import REFERENCE_ARCHS
-from ppcls.utils.save_load import load_pretrained_weights
+from ppcls.weights import load_pretrained_weights
+from ppcls.weights.converter import REFERENCE_ARCHS
 from tools import convert_weights
 
 

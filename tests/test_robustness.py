@@ -17,11 +17,11 @@ from conftest import QUICK_START, ROOT, config_args, digits_overrides
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.data.dataloader import ImageNetDataset
-from ppcls.engine import checkpoint
 from ppcls.engine.engine import Engine
 from ppcls.utils.cli import run
 from ppcls.utils.config import get_config, parse_args
 from ppcls.utils.errors import ConfigError, DataError, TrainingDiverged
+from ppcls.weights import checkpoint
 from tools import eval as eval_tool
 from tools import train as train_tool
 

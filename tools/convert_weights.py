@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from ppcls.arch.registry import available_models  # noqa: E402
-from ppcls.arch.weight_converter import (  # noqa: E402
+from ppcls.weights.converter import (  # noqa: E402
     SOURCES, convert_state_dict, read_checkpoint, save_pdparams)
 from ppcls.utils.errors import WeightsError  # noqa: E402
 

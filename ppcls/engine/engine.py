@@ -31,9 +31,6 @@ import paddle.distributed as dist
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.engine import replicas
-from ppcls.engine.checkpoint import (find_checkpoint, load_checkpoint, load_weights,
-                                     previous_prefix, read_states, remove_checkpoint,
-                                     save_checkpoint)
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
 from ppcls.engine.stop_signals import StopSignals
@@ -44,7 +41,9 @@ from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
 from ppcls.utils.errors import (ConfigError, TrainingDiverged, TrainingInterrupted)
-from ppcls.utils.save_load import load_pretrained_weights
+from ppcls.weights import (find_checkpoint, load_checkpoint, load_pretrained_weights,
+                           load_weights, previous_prefix, read_states, remove_checkpoint,
+                           save_checkpoint)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,12 +6,10 @@ import os
 import paddle
 
 from ppcls.arch import build_model
-from ppcls.engine.checkpoint import load_weights
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
-
-MODEL_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
-PARAMS_FILE = "inference.pdiparams"
+from ppcls.weights import load_weights
+from ppcls.weights.model_files import MODEL_PREFIX, find_model_files
 
 
 class InferenceModel(paddle.nn.Layer):
@@ -38,21 +36,6 @@ def build_inference_network(config):
     return model
 
 
-def find_model_files(model_dir):
-    """(model file, params file) of an exported model; a clear error when incomplete."""
-    if not os.path.isdir(model_dir):
-        raise ConfigError(f"inference model directory not found: {model_dir}")
-    model_file = next((os.path.join(model_dir, f) for f in MODEL_FILES
-                       if os.path.isfile(os.path.join(model_dir, f))), None)
-    params_file = os.path.join(model_dir, PARAMS_FILE)
-    missing = ([" or ".join(MODEL_FILES)] if model_file is None else []) + (
-        [PARAMS_FILE] if not os.path.isfile(params_file) else [])
-    if missing:
-        raise ConfigError(f"{model_dir} is not a complete exported model: missing "
-                          f"{', '.join(missing)} (create it with tools/export_model.py)")
-    return model_file, params_file
-
-
 def export_inference_model(config, save_dir):
     shape = config["Global"]["image_shape"]
     if len(shape) != 3:
@@ -60,5 +43,5 @@ def export_inference_model(config, save_dir):
     model = InferenceModel(build_inference_network(config))
     model.eval()
     spec = paddle.static.InputSpec([None] + list(shape), "float32", name="x")
-    paddle.jit.save(model, os.path.join(save_dir, "inference"), input_spec=[spec])
+    paddle.jit.save(model, os.path.join(save_dir, MODEL_PREFIX), input_spec=[spec])
     return find_model_files(save_dir)

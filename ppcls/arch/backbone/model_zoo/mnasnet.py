@@ -4,7 +4,7 @@ arXiv 1807.11626): the B1, A1 (squeeze-and-excitation) and small networks at any
 Every variant is one stage table plus a width multiplier. The topology matches torchvision's
 `MNASNet` (B1, version 2 stem that scales with width) and timm's `mnasnet_*` / `semnasnet_*` /
 `mnasnet_small` exactly when `stem_relu=False`, so their weights convert one-to-one
-(see `ppcls/arch/weight_converter.py`). `stem_relu=True` (the default) adds the Paddle
+(see `ppcls/weights/converter.py`). `stem_relu=True` (the default) adds the Paddle
 reproduction's extra ReLU after the first block's 1x1 projection BatchNorm.
 
 The variants (names, stage table, width) and what the references publish about each are
@@ -201,7 +201,7 @@ def _register(name):
                         stem_relu=stem_relu, dropout=dropout, bn_momentum=bn_momentum,
                         bn_epsilon=bn_epsilon)
         if pretrained:
-            from ppcls.utils.save_load import load_pretrained_weights
+            from ppcls.weights import load_pretrained_weights
 
             load_pretrained_weights(model, pretrained)
         return model

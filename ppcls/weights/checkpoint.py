@@ -21,8 +21,8 @@ import paddle
 
 from ppcls.utils import logger
 from ppcls.utils.errors import WeightsError
-from ppcls.utils.save_load import (check_compatible, load_pretrained_weights, read_state_dict,
-                                   resolve_params_path)
+from ppcls.weights.loading import (check_compatible, read_state_dict, resolve_params_path,
+                                  strip_params_suffix)
 
 PARTS = (".pdparams", ".pdopt", ".pdema", ".pdstates")  # .pdstates, the manifest, last
 
@@ -123,11 +123,6 @@ def remove_checkpoint(prefix):
     _remove_parts(previous_prefix(prefix))
 
 
-def strip_params_suffix(path):
-    path = str(path)
-    return path[: -len(".pdparams")] if path.endswith(".pdparams") else path
-
-
 def find_checkpoint(path):
     """The prefix of a complete training checkpoint at `path` (with or without .pdparams):
     the checkpoint itself, or the copy kept while a save to it was interrupted."""
@@ -205,17 +200,3 @@ def load_checkpoint(prefix, model, optimizer=None, ema=None):
         else:
             ema.set_state_dict(model.state_dict())
     return state
-
-
-def load_weights(model, path, prefer_ema=False):
-    """Weights for evaluation, export and inference: the EMA copy (`.pdema`) when the config
-    has EMA and the checkpoint saved one, else the model weights. Returns "EMA" or "model"."""
-    prefix = strip_params_suffix(path)
-    if prefer_ema and os.path.isfile(prefix + ".pdema"):
-        load_pretrained_weights(model, prefix + ".pdema", skip_mismatched_classifier=False)
-        return "EMA"
-    if prefer_ema:
-        logger.warning("EMA is configured but %s.pdema does not exist: using the model weights",
-                       prefix)
-    load_pretrained_weights(model, path, skip_mismatched_classifier=False)
-    return "model"

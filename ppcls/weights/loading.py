@@ -10,15 +10,20 @@ from ppcls.utils.errors import WeightsError
 PARAMS_SUFFIX = ".pdparams"
 
 
-def resolve_params_path(path):
-    """Accept a weights path with or without the `.pdparams` suffix."""
+def strip_params_suffix(path):
+    """The checkpoint prefix of a weights path given with or without `.pdparams`."""
     path = str(path)
-    candidates = [path] if path.endswith(PARAMS_SUFFIX) else [path + PARAMS_SUFFIX, path]
-    for candidate in candidates:
+    return path[: -len(PARAMS_SUFFIX)] if path.endswith(PARAMS_SUFFIX) else path
+
+
+def resolve_params_path(path):
+    """Accept a weights path with or without `.pdparams` (or another file, e.g. `.pdema`)."""
+    params = strip_params_suffix(path) + PARAMS_SUFFIX
+    for candidate in (params, str(path)):
         if os.path.isfile(candidate):
             return candidate
     raise WeightsError(
-        f"weights file not found: {candidates[0]} (give the path with or without "
+        f"weights file not found: {params} (give the path with or without "
         f"'{PARAMS_SUFFIX}', e.g. output/MnasNet_B1_x1_0/best_model)"
     )
 
@@ -81,3 +86,17 @@ def load_pretrained_weights(model, path, skip_mismatched_classifier=True):
     model.set_state_dict(state)
     logger.info("loaded weights from %s", params_path)
     return params_path
+
+
+def load_weights(model, path, prefer_ema=False):
+    """Weights for evaluation, export and inference: the EMA copy (`.pdema`) when the config
+    has EMA and the checkpoint saved one, else the model weights. Returns "EMA" or "model"."""
+    prefix = strip_params_suffix(path)
+    if prefer_ema and os.path.isfile(prefix + ".pdema"):
+        load_pretrained_weights(model, prefix + ".pdema", skip_mismatched_classifier=False)
+        return "EMA"
+    if prefer_ema:
+        logger.warning("EMA is configured but %s.pdema does not exist: using the model weights",
+                       prefix)
+    load_pretrained_weights(model, path, skip_mismatched_classifier=False)
+    return "model"

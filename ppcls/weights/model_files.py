@@ -1,0 +1,35 @@
+"""The files `tools/export_model.py` and `tools/export_onnx.py` write, found again for
+prediction. Outside ppcls.engine so that the deployed predictor does not import training."""
+
+import os
+
+from ppcls.utils.errors import ConfigError
+
+MODEL_PREFIX = "inference"  # paddle.jit.save(model, <dir>/inference) writes the files below
+MODEL_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
+PARAMS_FILE = "inference.pdiparams"
+ONNX_FILE = "model.onnx"
+
+
+def find_model_files(model_dir):
+    """(model file, params file) of an exported model; a clear error when incomplete."""
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"inference model directory not found: {model_dir}")
+    model_file = next((os.path.join(model_dir, f) for f in MODEL_FILES
+                       if os.path.isfile(os.path.join(model_dir, f))), None)
+    params_file = os.path.join(model_dir, PARAMS_FILE)
+    missing = ([" or ".join(MODEL_FILES)] if model_file is None else []) + (
+        [PARAMS_FILE] if not os.path.isfile(params_file) else [])
+    if missing:
+        raise ConfigError(f"{model_dir} is not a complete exported model: missing "
+                          f"{', '.join(missing)} (create it with tools/export_model.py)")
+    return model_file, params_file
+
+
+def find_onnx_file(model_dir):
+    """The ONNX model `tools/export_onnx.py` wrote into `model_dir`."""
+    path = os.path.join(model_dir, ONNX_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} not found: create it with tools/export_onnx.py "
+                          f"--model_dir {model_dir}")
+    return path
