@@ -202,6 +202,8 @@ BAD_CONFIGS = [  # a misspelt key or name in every section, and a few bad values
      "you mean 'warmup_epoch'?)"),
     ("Optimizer.lr.learning_rate=fast", "Optimizer.lr.Cosine.learning_rate must be float, got "
      "'fast'"),
+    ("Optimizer.multi_precision=maybe", "Optimizer.multi_precision must be true or false, got "
+     "'maybe'"),
     ("Optimizer.regularizer.coef=1", "Optimizer.regularizer.L2: unknown argument 'coef' (did you "
      "mean 'coeff'?)"),
     ("DataLoader.Train.samplr.batch_size=1", "DataLoader.Train: unknown key 'samplr' (did you mean "

@@ -130,7 +130,10 @@ def _split_optimizer(config, epochs, step_each_epoch):
         weight_decay = spec.pop("weight_decay")
     grad_clip = _grad_clip(spec.pop("clip_norm", None), spec.pop("clip_global_norm", None))
     # PaddleClas's switch for float32 master weights; AMP O2 turns them on regardless.
-    multi_precision = bool(spec.pop("multi_precision", False))
+    multi_precision = spec.pop("multi_precision", False)
+    if not isinstance(multi_precision, bool):
+        raise ConfigError(f"Optimizer.multi_precision must be true or false, got "
+                          f"{multi_precision!r}")
     name, args = split_spec(spec, "Optimizer")
     check(OPTIMIZERS, name, args, "Optimizer", kind="optimizer", injected=INJECTED)
     return name, args, lr, weight_decay, grad_clip, multi_precision
