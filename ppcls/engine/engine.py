@@ -205,7 +205,8 @@ class Engine:
         if self.checkpoint_state is not None:
             self._resume(self.resume_prefix)
         elif self.g.get("pretrained_model"):
-            load_pretrained_weights(self.model, self.g["pretrained_model"])
+            load_pretrained_weights(self.model, self.g["pretrained_model"],
+                                    self.config["Arch"].get("stem_relu"))
         if self.amp and self.amp["level"] == "O2":
             keep_float32_masters(self.optimizer, self.model)
             self.model, self.optimizer = paddle.amp.decorate(
@@ -284,7 +285,8 @@ class Engine:
 
     def _load_eval_weights(self, path):
         """Evaluate the weights training evaluated (EMA when configured and saved)."""
-        self.weights_kind = load_weights(self.model, path, prefer_ema=self.ema is not None)
+        self.weights_kind = load_weights(self.model, path, prefer_ema=self.ema is not None,
+                                         configured_stem_relu=self.config["Arch"].get("stem_relu"))
         self.ema = None
 
     def _visualdl_writer(self):

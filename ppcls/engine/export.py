@@ -29,7 +29,8 @@ def build_inference_network(config):
     model = build_model(config)
     path = config["Global"].get("pretrained_model")
     if path:
-        load_weights(model, path, prefer_ema=bool(config.get("EMA")))
+        load_weights(model, path, prefer_ema=bool(config.get("EMA")),
+                     configured_stem_relu=config["Arch"].get("stem_relu"))
     else:
         logger.warning("Global.pretrained_model is not set: using randomly initialised weights")
     model.eval()

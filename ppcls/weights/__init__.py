@@ -1,20 +1,22 @@
 """Weights in and out of this repository's models, one module per job:
 
-    loading.py      read `.pdparams` files and check them against a model;
-                    load_pretrained_weights, load_weights (EMA or model weights)
+    loading.py      read `.pdparams` files and check them against a model
+    pretrained.py   weights from a path, prefix or URL in any known format and naming, into
+                    a model: load_pretrained_weights, load_weights (EMA or model weights)
     checkpoint.py   training checkpoints: the file layout, its SHA-256 manifest, the
                     crash-safe save, finding and resuming the newest complete one
     model_files.py  the files of an exported model (Paddle Inference, ONNX)
     converter.py    torchvision / timm / reproduction checkpoints -> our `.pdparams`
 
-Imports run one way: checkpoint uses loading; loading, model_files and converter use no
-other module here. The converter is not re-exported: it needs the model registry
+Imports run one way: checkpoint and pretrained use loading (pretrained also the converter
+and download, when it needs them); loading, model_files and converter use no other module
+here. The converter is not re-exported: it needs the model registry
 (ppcls.arch), which the deployed predictor, importing model_files, should not load.
 Import it as `ppcls.weights.converter`.
 """
 
 from ppcls.weights.checkpoint import (find_checkpoint, load_checkpoint, previous_prefix,
                                       read_states, remove_checkpoint, save_checkpoint)
-from ppcls.weights.loading import (check_compatible, load_pretrained_weights, load_weights,
-                                   read_state_dict, resolve_params_path)
+from ppcls.weights.loading import check_compatible, read_state_dict, resolve_params_path
 from ppcls.weights.model_files import find_model_files, find_onnx_file
+from ppcls.weights.pretrained import load_pretrained_weights, load_weights

@@ -122,43 +122,49 @@ def build_key_map(model, source, source_keys=()):
     return key_map, layout
 
 
+def rename_to_model(model, source_state, source, where):
+    """`source_state` (name -> array, the reference's naming) renamed onto `model`'s tensors,
+    as float32 in our layout. Shapes are left for the caller to check (a classifier of
+    another class_num may be skipped); tensors without a counterpart are an error."""
+    key_map, _ = build_key_map(model, source, source_state.keys())
+    used = set(key_map.values())
+    unused = [k for k in source_state if k not in used and not k.endswith(IGNORED_SOURCE_SUFFIXES)]
+    missing = [f"{src} (for {ours})" for ours, src in key_map.items() if src not in source_state]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of our tensors have no source, first: "
+                        + ", ".join(missing[:4]))
+    if unused:
+        problems.append(f"{len(unused)} source tensors unused, first: " + ", ".join(unused[:4]))
+    if problems:
+        raise WeightsError(f"{where}: these {source} weights are not this variant's "
+                           f"({type(model).__name__}, {len(key_map)} tensors): "
+                           + " | ".join(problems) + ". Check Arch.name (width and A1/B1/small).")
+    renamed = {}
+    for ours, src in key_map.items():
+        value = np.asarray(source_state[src], dtype=np.float32)
+        if ours == "fc.weight" and source != "reproduction":
+            value = value.T  # PyTorch's Linear is [out, in]; Paddle's is [in, out]
+        renamed[ours] = value
+    return renamed
+
+
 def convert_state_dict(source_state, source, arch, class_num=1000):
     """Convert `source_state` (name -> numpy array, the reference's naming) for our model
     `arch`. Returns (state dict of float32 arrays, stem_relu the weights were trained with)."""
     model = get_model_builder(arch)(class_num=class_num, stem_relu=False)
     key_map, layout = build_key_map(model, source, source_state.keys())
-    stem_relu = bool(layout and layout["shift"])
+    converted = rename_to_model(model, source_state, source, f"the {source} checkpoint")
     target_shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-
-    missing = [f"{src} (for {ours})" for ours, src in key_map.items() if src not in source_state]
-    used = set(key_map.values())
-    unused = [k for k in source_state
-              if k not in used and not k.endswith(IGNORED_SOURCE_SUFFIXES)]
-    converted, mismatched = {}, []
-    for ours, src in key_map.items():
-        if src not in source_state:
-            continue
-        value = np.asarray(source_state[src], dtype=np.float32)
-        source_shape = list(value.shape)
-        if ours == "fc.weight" and source != "reproduction":
-            value = value.T  # PyTorch Linear is [out, in]; Paddle's is [in, out]
-        if list(value.shape) != target_shapes[ours]:
-            mismatched.append(f"{src} {source_shape} -> {ours} {target_shapes[ours]}")
-        converted[ours] = value
-    problems = []
+    mismatched = [f"{key_map[k]} {list(np.shape(source_state[key_map[k]]))} -> {k} "
+                  f"{target_shapes[k]}" for k, v in converted.items()
+                  if list(v.shape) != target_shapes[k]]
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches, first: " + "; ".join(mismatched[:4]))
-    if missing:
-        problems.append(f"{len(missing)} target tensors have no source, first: "
-                        + ", ".join(missing[:4]))
-    if unused:
-        problems.append(f"{len(unused)} source tensors unused, first: " + ", ".join(unused[:4]))
-    if problems:
         raise WeightsError(
             f"the {source} checkpoint does not match {arch} (class_num={class_num}): "
-            + " | ".join(problems)
+            f"{len(mismatched)} shape mismatches, first: " + "; ".join(mismatched[:4])
             + ". Check --arch (width and A1/B1/small) and --class_num.")
-    return converted, stem_relu
+    return converted, bool(layout and layout["shift"])
 
 
 def _unwrap(state):

@@ -24,7 +24,7 @@ def resolve_params_path(path):
             return candidate
     raise WeightsError(
         f"weights file not found: {params} (give the path with or without "
-        f"'{PARAMS_SUFFIX}', e.g. output/MnasNet_B1_x1_0/best_model)"
+        f"'{PARAMS_SUFFIX}', e.g. output/MnasNet_B1_x1_0/best_model, or an http(s) URL)"
     )
 
 
@@ -74,29 +74,3 @@ def check_compatible(model, state, source, skip_prefixes=()):
             + " (different class_num; these stay freshly initialised)",
             "/".join(k for k, _, _ in skipped), source)
     return {k: v for k, v in state.items() if k not in {m[0] for m in skipped}}
-
-
-def load_pretrained_weights(model, path, skip_mismatched_classifier=True):
-    """Load `.pdparams` weights into `model`. With `skip_mismatched_classifier`, a classifier
-    (`fc.*`) of another class_num is left as initialised, with a warning naming it."""
-    params_path = resolve_params_path(path)
-    state = read_state_dict(params_path)
-    skip = ("fc.",) if skip_mismatched_classifier else ()
-    state = check_compatible(model, state, params_path, skip_prefixes=skip)
-    model.set_state_dict(state)
-    logger.info("loaded weights from %s", params_path)
-    return params_path
-
-
-def load_weights(model, path, prefer_ema=False):
-    """Weights for evaluation, export and inference: the EMA copy (`.pdema`) when the config
-    has EMA and the checkpoint saved one, else the model weights. Returns "EMA" or "model"."""
-    prefix = strip_params_suffix(path)
-    if prefer_ema and os.path.isfile(prefix + ".pdema"):
-        load_pretrained_weights(model, prefix + ".pdema", skip_mismatched_classifier=False)
-        return "EMA"
-    if prefer_ema:
-        logger.warning("EMA is configured but %s.pdema does not exist: using the model weights",
-                       prefix)
-    load_pretrained_weights(model, path, skip_mismatched_classifier=False)
-    return "model"

@@ -162,6 +162,7 @@ class MnasNet(nn.Layer):
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
+        self.stem_relu = stem_relu
         self.head = ConvBN(in_ch, spec["head"], bn_args=bn_args)
         self.avg_pool = nn.AdaptiveAvgPool2D(1)
         self.flatten = nn.Flatten()
@@ -183,6 +184,11 @@ class MnasNet(nn.Layer):
                 nn.initializer.Uniform(-bound, bound)(layer.weight)
                 nn.initializer.Constant(0.0)(layer.bias)
 
+    def set_stem_relu(self, on):
+        """Switch the parameter-free extra stem ReLU (weights decide, see ppcls.weights)."""
+        self.stem_relu = bool(on)
+        self.blocks[0][0].project.act = nn.ReLU() if on else None
+
     def forward_features(self, x):
         return self.head(self.blocks(self.stem(x)))
 
@@ -195,15 +201,18 @@ def _register(name):
     """Build and register the builder of the VARIANTS record `name`, under all its names."""
     variant = VARIANT_BY_NAME[name]
 
-    def builder(pretrained=False, class_num=1000, stem_relu=True, dropout=0.2,
+    def builder(pretrained=False, class_num=1000, stem_relu=None, dropout=0.2,
                 bn_momentum=0.9, bn_epsilon=1e-5):
+        """pretrained: True (the variant's published weights), "torchvision" or "timm" (that
+        source's), or a path or URL. stem_relu: None means True unless the weights loaded
+        say otherwise."""
         model = MnasNet(arch=variant.arch, width=variant.width, class_num=class_num,
-                        stem_relu=stem_relu, dropout=dropout, bn_momentum=bn_momentum,
-                        bn_epsilon=bn_epsilon)
+                        stem_relu=True if stem_relu is None else stem_relu, dropout=dropout,
+                        bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
         if pretrained:
-            from ppcls.weights import load_pretrained_weights
+            from ppcls.weights.pretrained import load_arch_pretrained
 
-            load_pretrained_weights(model, pretrained)
+            load_arch_pretrained(model, variant, pretrained, configured_stem_relu=stem_relu)
         return model
 
     builder.__name__ = builder.__qualname__ = name
