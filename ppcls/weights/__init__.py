@@ -7,16 +7,18 @@
                     crash-safe save, finding and resuming the newest complete one
     model_files.py  the files of an exported model (Paddle Inference, ONNX)
     converter.py    torchvision / timm / reproduction checkpoints -> our `.pdparams`
+    download.py     fetch a URL into the cache (cache_dir), SHA-256 checked, resumable
 
 Imports run one way: checkpoint and pretrained use loading (pretrained also the converter
 and download, when it needs them); loading, model_files and converter use no other module
-here. The converter is not re-exported: it needs the model registry
+here, download none. The converter is not re-exported: it needs the model registry
 (ppcls.arch), which the deployed predictor, importing model_files, should not load.
 Import it as `ppcls.weights.converter`.
 """
 
 from ppcls.weights.checkpoint import (find_checkpoint, load_checkpoint, previous_prefix,
                                       read_states, remove_checkpoint, save_checkpoint)
+from ppcls.weights.download import cache_dir, fetch
 from ppcls.weights.loading import check_compatible, read_state_dict, resolve_params_path
 from ppcls.weights.model_files import find_model_files, find_onnx_file
 from ppcls.weights.pretrained import load_pretrained_weights, load_weights
