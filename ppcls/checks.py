@@ -38,7 +38,8 @@ def check_config(config, source):
             build_loss(config, mode)
             build_metrics(config, mode)
             _check_loader(config, mode)
-        check_optimizer(config, config["Global"]["epochs"])
+        if config.get("Optimizer") is not None:  # required only by training, which says so
+            check_optimizer(config, config["Global"]["epochs"])
         _check_infer(config.get("Infer"))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

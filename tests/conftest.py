@@ -1,5 +1,10 @@
+import functools
 import os
+import re
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +56,60 @@ def digits_overrides(root, output_dir, epochs=2, seed=7, extra=()):
         "Global.save_interval=1",
         *extra,
     ]
+
+
+# ------------------------------------------- a weights server on 127.0.0.1
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Serves the files under `directory`, honouring `Range: bytes=N-`. Each request takes
+    the next action of `server.plan` ("serve" once it is empty): "serve", "cut" (announce
+    the full length, send half, close), "ignore-range" (a 200 with the whole file) or an
+    HTTP status code to answer with."""
+
+    def do_GET(self):
+        self.server.ranges.append(self.headers.get("Range"))
+        action = self.server.plan.pop(0) if self.server.plan else "serve"
+        if isinstance(action, int):
+            return self.send_error(action)
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return self.send_error(404)
+        data = path.read_bytes()
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        start = int(match.group(1)) if match and action != "ignore-range" else 0
+        if start >= len(data) > 0:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        self.wfile.write(body[: len(body) // 2] if action == "cut" else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A server of tmp_path/"srv"; `server.url(name)` is a file's URL, `server.ranges` the
+    Range header (or None) of each request seen. The cache is tmp_path/"cache"."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    monkeypatch.setenv("PPCLS_CACHE_DIR", str(tmp_path / "cache"))
+    from ppcls.weights import download
+
+    monkeypatch.setattr(download, "BACKOFF", 0.01)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0),
+                                functools.partial(RangeHandler, directory=str(root)))
+    httpd.plan, httpd.ranges, httpd.root = [], [], root
+    httpd.url = lambda name: f"http://127.0.0.1:{httpd.server_port}/{name}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()

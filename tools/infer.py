@@ -21,23 +21,29 @@ from ppcls.inference import (Preprocessor, list_images, predict_files, print_res
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config, parse_args  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
+from ppcls.weights.pretrained import eval_transform_ops_for  # noqa: E402
 
 
 def main(args):
     config = get_config(args.config, args.override)
-    infer = config.get("Infer") or {}
+    infer = config.get("Infer")
+    if not infer:
+        raise ConfigError(f"{args.config} has no Infer section: add PaddleClas's (infer_imgs, "
+                          "batch_size, transforms, PostProcess), e.g. copy it from infer.yaml")
     if not infer.get("infer_imgs"):
         raise ConfigError("Infer.infer_imgs is not set: give an image or a folder, "
                           "e.g. -o Infer.infer_imgs=demo/")
     paddle.set_device(config["Global"]["device"])
-    model = InferenceModel(build_inference_network(config))
+    network = build_inference_network(config)
+    transforms = eval_transform_ops_for(network, infer.get("transforms"), "Infer.transforms")
+    model = InferenceModel(network)
 
     def run_batch(images):
         with paddle.no_grad():
             return model(paddle.to_tensor(images)).numpy()
 
     results = predict_files(list_images(infer["infer_imgs"]),
-                            Preprocessor(infer.get("transforms"), "Infer.transforms"), run_batch,
+                            Preprocessor(transforms, "Infer.transforms"), run_batch,
                             build_postprocess(infer.get("PostProcess"), "Infer.PostProcess"),
                             int(infer.get("batch_size", 1)))
     print_results(results)

@@ -17,6 +17,7 @@ every iteration, and a watchdog reports a worker that dies (see peer_watchdog.py
 """
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import math
@@ -40,10 +41,12 @@ from ppcls.ops import depthwise_conv
 from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
-from ppcls.utils.errors import (ConfigError, TrainingDiverged, TrainingInterrupted)
+from ppcls.utils.errors import ConfigError, TrainingDiverged, TrainingInterrupted, WeightsError
 from ppcls.weights import (find_checkpoint, load_checkpoint, load_pretrained_weights,
                            load_weights, previous_prefix, read_states, remove_checkpoint,
                            save_checkpoint)
+from ppcls.weights.download import fetch
+from ppcls.weights.pretrained import eval_transform_ops_for, urls_to_fetch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,18 +98,19 @@ class Engine:
         paddle.seed(self.seed)
         self.class_num = class_num_of(config)
 
+        self._download_weights_once()
         self.model = build_model(config)
         self.amp = self._setup_amp()
         self.amp_eval = self._evaluates_under_autocast()
         self.ema = self._setup_ema()
+        self.weights_kind = "EMA" if self.ema else "model"  # what evaluate() reports
+        if mode == "eval" and self.g.get("pretrained_model"):
+            self._load_eval_weights(self.g["pretrained_model"])
         self.eval_loader = self._maybe_eval_loader()
         self.eval_loss = build_loss(config, "Eval")
         self.eval_metrics = build_metrics(config, "Eval")
-        self.weights_kind = "EMA" if self.ema else "model"  # what evaluate() reports
         if mode == "train":
             self._setup_training()
-        elif self.g.get("pretrained_model"):
-            self._load_eval_weights(self.g["pretrained_model"])
 
     # ----------------------------------------------------------------- setup
     def _setup_processes(self):
@@ -120,6 +124,26 @@ class Engine:
         self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
         if self.world_size > 1:
             dist.init_parallel_env()
+
+    def _download_weights_once(self):
+        """Weights named by URL are downloaded by one process per machine while the others
+        wait; then all of them find the file in the cache (no two write one file)."""
+        urls = urls_to_fetch(self.config)
+        if self.world_size == 1 or not urls:
+            return
+        error = None
+        if int(os.environ.get("PADDLE_LOCAL_RANK", self.rank)) == 0:
+            try:
+                for url, sha256 in urls:
+                    fetch(url, sha256=sha256)
+            except WeightsError as err:
+                error = err
+        (failed,) = replicas.any_rank([error is not None], self.world_size)
+        if error is not None:
+            raise error
+        if failed:
+            raise WeightsError("downloading the weights failed on another process: see its "
+                               "log (workerlog.0 under the launch log_dir)")
 
     def _read_resume_state(self):
         wanted = self.g.get("checkpoints") if self.mode == "train" else None
@@ -175,7 +199,13 @@ class Engine:
         wanted = self.mode == "eval" or self.g["eval_during_train"]
         if not wanted:
             return None
-        return build_dataloader(self.config, "Eval", self.seed, self.class_num)
+        config = self.config
+        if self.mode == "eval":  # published weights are evaluated as their source did
+            config = copy.deepcopy(config)
+            dataset = config["DataLoader"]["Eval"]["dataset"]
+            dataset["transform_ops"] = eval_transform_ops_for(
+                self.model, dataset.get("transform_ops"), "DataLoader.Eval.dataset.transform_ops")
+        return build_dataloader(config, "Eval", self.seed, self.class_num)
 
     def _setup_training(self):
         self.train_loader = build_dataloader(self.config, "Train", self.seed, self.class_num)

@@ -33,6 +33,14 @@ class Pretrained(NamedTuple):
     source: str  # "ppcls" (ours), "reproduction", "torchvision" or "timm"
 
 
+class WeightsOrigin(NamedTuple):
+    """Kept on the model as `model.weights_origin` after loading: where its weights came
+    from and how their source evaluated them (None: ours, the config's transforms apply)."""
+    location: str
+    source: str
+    preprocess: object  # mnasnet_variants.Preprocess or None
+
+
 def is_url(location):
     return str(location).startswith(("http://", "https://"))
 
@@ -107,8 +115,19 @@ def to_our_names(model, pretrained):
     return rename_to_model(model, pretrained.state, pretrained.source, pretrained.path)
 
 
+def source_preprocess(source, variant_name):
+    """The eval transform the weights' source used for this variant (its record, else the
+    source's usual one), or None for our own and the reproduction's weights."""
+    from ppcls.arch.backbone.model_zoo.mnasnet_variants import (VARIANT_BY_NAME,
+                                                                 default_preprocess)
+
+    variant = VARIANT_BY_NAME.get(variant_name)
+    recorded = [w.preprocess for w in (variant.weights if variant else ()) if w.source == source]
+    return recorded[0] if recorded else default_preprocess(source)
+
+
 def load_pretrained_weights(model, location, configured_stem_relu=None, sha256=None,
-                    skip_mismatched_classifier=True):
+                            skip_mismatched_classifier=True):
     """Read, convert and load weights from `location` into `model`. A classifier of another
     class_num stays freshly initialised, with a log line, unless told otherwise."""
     pretrained = read_pretrained(location, sha256)
@@ -117,6 +136,9 @@ def load_pretrained_weights(model, location, configured_stem_relu=None, sha256=N
     skip = ("fc.",) if skip_mismatched_classifier else ()
     model.set_state_dict(check_compatible(model, state, pretrained.path, skip_prefixes=skip))
     logger.info("loaded %s weights from %s", pretrained.source, pretrained.path)
+    model.weights_origin = WeightsOrigin(pretrained.location, pretrained.source,
+                                         source_preprocess(pretrained.source,
+                                                           getattr(model, "variant_name", None)))
     return pretrained
 
 
@@ -160,3 +182,36 @@ def load_weights(model, location, prefer_ema=False, configured_stem_relu=None):
     load_pretrained_weights(model, location, configured_stem_relu,
                             skip_mismatched_classifier=False)
     return "model"
+
+
+def eval_transform_ops_for(model, configured, where):
+    """The transform ops to evaluate or predict `model` with: for torchvision or timm weights
+    their source's eval transform (so the published accuracy is reproduced), else the
+    config's `configured` ops."""
+    origin = getattr(model, "weights_origin", None)
+    if origin is None or origin.preprocess is None:
+        return configured
+    from ppcls.data.preprocess.source_transforms import eval_transform_ops
+
+    logger.info("%s weights: %s replaced by their source's eval transform %s", origin.source,
+                where, origin.preprocess)
+    return eval_transform_ops(origin.preprocess)
+
+
+def urls_to_fetch(config):
+    """(url, sha256) of every download the config's weights need: Global.pretrained_model and
+    Arch.pretrained given as URLs, and Arch.pretrained True/"torchvision"/"timm"."""
+    from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANT_BY_NAME
+
+    urls = []
+    location = config["Global"].get("pretrained_model")
+    if location and is_url(location):
+        urls.append((str(location), None))
+    arch = config["Arch"]
+    pretrained = arch.get("pretrained")
+    if pretrained is True or pretrained in ("torchvision", "timm"):
+        weights = published_weights(VARIANT_BY_NAME[arch["name"]], pretrained)
+        urls.append((weights.url, weights.sha256))
+    elif isinstance(pretrained, str) and is_url(pretrained):
+        urls.append((pretrained, None))
+    return urls

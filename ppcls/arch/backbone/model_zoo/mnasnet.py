@@ -209,6 +209,7 @@ def _register(name):
         model = MnasNet(arch=variant.arch, width=variant.width, class_num=class_num,
                         stem_relu=True if stem_relu is None else stem_relu, dropout=dropout,
                         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+        model.variant_name = variant.name
         if pretrained:
             from ppcls.weights.pretrained import load_arch_pretrained
 

@@ -64,6 +64,12 @@ def _tv(enum, file, resize=256):
                    prefix, Preprocess("bilinear", resize=resize))
 
 
+def default_preprocess(source):
+    """A source's usual eval transform, for its weights of a variant it does not publish."""
+    return {"torchvision": Preprocess("bilinear", resize=256),
+            "timm": Preprocess("bicubic", crop_pct=0.875)}.get(source)
+
+
 def _timm(tag, sha256=None):
     # Preprocessing: their pretrained config in timm/models/efficientnet.py (timm's defaults).
     url = f"https://huggingface.co/timm/{tag}/resolve/main/model.safetensors"

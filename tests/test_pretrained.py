@@ -1,0 +1,148 @@
+"""Weights from anywhere: files and URLs (a real server on 127.0.0.1), any naming, the topology
+following the weights, Arch.pretrained from the variant records."""
+
+import numpy as np
+import paddle
+import pytest
+from safetensors.numpy import save_file
+
+from conftest import ROOT, config_args, digits_overrides
+from parity import load_fixture, reference_input, reference_weights
+from ppcls.arch import build_model
+from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANT_BY_NAME
+from ppcls.utils.errors import WeightsError
+from ppcls.weights import load_pretrained_weights
+from ppcls.weights.download import cache_path
+from ppcls.utils.cli import run
+from ppcls.utils.config import parse_args
+from tools import eval as eval_tool
+
+FIXTURES = f"{ROOT}/tests/fixtures/parity"
+
+
+def serve_npz(server, name, arrays):
+    path = server.root / name
+    np.savez(path, **arrays)
+    return server.url(name)
+
+
+def logits_of(model, fixture):
+    model.eval()
+    with paddle.no_grad():
+        return model(paddle.to_tensor(reference_input(fixture))).numpy()
+
+
+def relative_error(logits, fixture):
+    expected = np.asarray(fixture["logits"])
+    return np.abs(logits - expected).max() / np.abs(expected).max()
+
+
+@pytest.mark.parametrize("name,source", [("torchvision_mnasnet0_5", "torchvision"),
+                                         ("timm_mnasnet_small", "timm")])
+def test_url_of_foreign_weights_loads_with_their_topology(server, name, source, capsys):
+    """Served over HTTP, read by content, renamed, the stem ReLU switched off (the default
+    model has it): the reference's own logits come out."""
+    fixture = load_fixture(f"{FIXTURES}/{name}.json")
+    url = serve_npz(server, f"{name}.npz", reference_weights(fixture))
+    arch = {"torchvision_mnasnet0_5": "MnasNet_B1_x0_5", "timm_mnasnet_small": "MnasNet_small"}
+    model = build_model({"Arch": {"name": arch[name], "class_num": fixture["num_classes"]}})
+    assert model.stem_relu  # our default topology
+    load_pretrained_weights(model, url, skip_mismatched_classifier=False)
+    assert not model.stem_relu
+    assert relative_error(logits_of(model, fixture), fixture) <= 1e-4
+    assert f"{source} weights: using their topology, stem_relu=False" in capsys.readouterr().out
+    assert model.weights_origin.source == source
+    assert len(server.ranges) == 1
+
+
+def test_explicit_stem_relu_that_the_weights_contradict_is_one_line(server):
+    fixture = load_fixture(f"{FIXTURES}/torchvision_mnasnet0_5.json")
+    url = serve_npz(server, "tv.npz", reference_weights(fixture))
+    model = build_model({"Arch": {"name": "MnasNet_B1_x0_5", "stem_relu": True}})
+    with pytest.raises(WeightsError) as err:
+        load_pretrained_weights(model, url, configured_stem_relu=True)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"Arch.stem_relu is True but {url} holds torchvision weights, "
+                              "trained without the extra stem ReLU")
+
+
+def test_reproduction_weights_keep_the_extra_relu(tmp_path):
+    """The reproduction's checkpoints (torchvision names, Paddle's [in, out] classifier, the
+    ReLU as layers.8) load into the default topology, unchanged."""
+    fixture = load_fixture(f"{FIXTURES}/torchvision_mnasnet1_0.json")
+    torch_names = reference_weights(fixture)
+    shifted = {}
+    paddle_bn = {"running_mean": "_mean", "running_var": "_variance"}
+    for key, value in torch_names.items():  # layers.8.. become layers.9..; Linear transposed
+        head, rest = key.split(".", 1)
+        if head == "layers" and int(rest.split(".")[0]) >= 8:
+            index, tail = rest.split(".", 1)
+            key = f"layers.{int(index) + 1}.{tail}"
+        module, leaf = key.rsplit(".", 1)
+        key = f"{module}.{paddle_bn.get(leaf, leaf)}"
+        shifted[key] = value.T if key == "classifier.1.weight" else value
+    path = tmp_path / "reproduction.npz"
+    np.savez(path, **shifted)
+    model = build_model({"Arch": {"name": "MnasNet_B1_x1_0"}})
+    pretrained = load_pretrained_weights(model, path, skip_mismatched_classifier=False)
+    assert pretrained.source == "reproduction" and model.stem_relu
+    reference = build_model({"Arch": {"name": "MnasNet_B1_x1_0", "stem_relu": False}})
+    load_pretrained_weights(reference, serve_free_npz(tmp_path, torch_names),
+                            skip_mismatched_classifier=False)
+    for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values()):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=name)
+
+
+def serve_free_npz(tmp_path, arrays):
+    path = tmp_path / "torchvision.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_fine_tuning_keeps_the_backbone_and_reinitialises_the_head(server, capsys):
+    fixture = load_fixture(f"{FIXTURES}/torchvision_mnasnet0_5.json")
+    weights = reference_weights(fixture)
+    url = serve_npz(server, "tv.npz", weights)
+    model = build_model({"Arch": {"name": "MnasNet_B1_x0_5", "class_num": 10}})
+    head_before = model.fc.weight.numpy().copy()
+    load_pretrained_weights(model, url)
+    np.testing.assert_array_equal(model.stem.conv.weight.numpy(), weights["layers.0.weight"])
+    np.testing.assert_array_equal(model.fc.weight.numpy(), head_before)
+    assert "different class_num; these stay freshly initialised" in capsys.readouterr().out
+
+
+def test_arch_pretrained_reads_the_record_url_from_the_cache(server, capsys):
+    """`Arch.pretrained: timm` for B1 x1.0 is timm's mnasnet_100: a copy put at the cache
+    path by hand (as the offline message says) is used without any request."""
+    fixture = load_fixture(f"{FIXTURES}/timm_mnasnet_100.json")
+    record = [w for w in VARIANT_BY_NAME["MnasNet_B1_x1_0"].weights if w.source == "timm"][0]
+    target = cache_path(record.url)
+    target.parent.mkdir(parents=True)
+    save_file(reference_weights(fixture), str(target))
+    model = build_model({"Arch": {"name": "MnasNet_B1_x1_0", "pretrained": "timm"}})
+    assert not model.stem_relu and model.weights_origin.source == "timm"
+    assert "Arch.pretrained: timm's mnasnet_100.rmsp_in1k" in capsys.readouterr().out
+    assert relative_error(logits_of(model, fixture), fixture) <= 1e-4
+    assert server.ranges == []
+
+
+@pytest.mark.parametrize("arch,choice", [("MnasNet_B1_x1_4", True),
+                                         ("MnasNet_B1_x1_3", "timm")])
+def test_variant_without_such_weights_lists_those_that_have_them(arch, choice):
+    with pytest.raises(WeightsError) as err:
+        build_model({"Arch": {"name": arch, "pretrained": choice}})
+    message = str(err.value)
+    assert "\n" not in message and f"{arch} has no" in message
+    assert "MnasNet_B1_x1_0 (torchvision/timm)" in message
+    assert "MnasNet_small (timm)" in message
+
+
+def test_eval_tool_reads_a_url_and_names_a_failed_download(digits, tmp_path, server, capsys):
+    args = config_args(digits_overrides(digits, tmp_path),
+                       f"Global.pretrained_model={server.url('missing.pdparams')}")
+    code = run(eval_tool.main, parse_args(args))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "HTTP 404" in err and "missing.pdparams" in err and "put it at" in err
+    assert err.count("\n") == 1, err
