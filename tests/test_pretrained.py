@@ -146,3 +146,39 @@ def test_eval_tool_reads_a_url_and_names_a_failed_download(digits, tmp_path, ser
     assert code == 2
     assert "HTTP 404" in err and "missing.pdparams" in err and "put it at" in err
     assert err.count("\n") == 1, err
+
+
+FINETUNE = f"{ROOT}/configs/quick_start/MnasNet_B1_x0_5_digits_finetune.yaml"
+
+
+def test_fine_tune_from_served_weights_then_export_and_predict(digits, tmp_path, server, capsys):
+    """The README's path: published (here: served) weights -> fine-tune with a new class_num
+    -> our checkpoint, which records the weights' topology -> export -> predict, the last two
+    without Arch.pretrained."""
+    from ppcls.engine.engine import Engine
+    from ppcls.engine.export import export_inference_model
+    from ppcls.utils.config import get_config
+    from tools import infer as infer_tool
+
+    fixture = load_fixture(f"{FIXTURES}/torchvision_mnasnet0_5.json")
+    url = serve_npz(server, "mnasnet0.5.npz", reference_weights(fixture))
+    overrides = digits_overrides(digits, tmp_path, epochs=1) + [f"Arch.pretrained={url}"]
+    Engine(get_config(FINETUNE, overrides), "train").train()
+    log = capsys.readouterr().out
+    assert "not loading fc.weight/fc.bias from" in log and "freshly initialised" in log
+    assert "torchvision weights: using their topology, stem_relu=False" in log
+
+    best = tmp_path / "MnasNet_B1_x0_5" / "latest"
+    mine = [f"Global.pretrained_model={best}", "Arch.pretrained=False",
+            f"Infer.infer_imgs={digits}/images/val/3/", f"Infer.save_path={tmp_path}/r.json",
+            f"Infer.PostProcess.class_id_map_file={digits}/label_list.txt"]
+    config = get_config(FINETUNE, digits_overrides(digits, tmp_path) + mine)
+    export_inference_model(config, str(tmp_path / "inference"))
+    assert "ppcls weights: using their topology, stem_relu=False" in capsys.readouterr().out
+    infer_tool.main(infer_tool.parse_args(["-c", FINETUNE, *(
+        a for o in digits_overrides(digits, tmp_path) + mine for a in ("-o", o))]))
+    import json
+
+    results = json.load(open(tmp_path / "r.json"))
+    assert len(results) == len(list((digits / "images" / "val" / "3").iterdir()))
+    assert all(len(r["class_ids"]) == 3 for r in results)

@@ -537,7 +537,8 @@ class Engine:
                 "lr_scheduler": self.lr.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "evaluated_weights": "ema" if self.ema else "model",
-                "arch": self.arch_name, "plan": self._data_plan()}
+                "arch": self.arch_name, "plan": self._data_plan(),
+                "stem_relu": getattr(self.model, "stem_relu", None)}  # the weights' topology
 
     def save(self, name, epoch, iteration, evaluated=True):
         if self.rank != 0:

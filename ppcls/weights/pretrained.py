@@ -13,7 +13,7 @@ an `Arch.stem_relu` that the config sets explicitly and the weights contradict i
 """
 
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,6 +88,12 @@ def stem_relu_of(pretrained):
         from ppcls.weights.converter import detect_reproduction_layout
 
         return bool(detect_reproduction_layout(pretrained.state.keys())["shift"])
+    if pretrained.source == "ppcls":  # our checkpoints record it beside the weights
+        states = os.path.splitext(pretrained.path)[0] + ".pdstates"
+        if os.path.isfile(states):
+            from ppcls.weights.checkpoint import read_states
+
+            return read_states(os.path.splitext(pretrained.path)[0]).get("stem_relu")
     return STEM_RELU_OF_SOURCE.get(pretrained.source)
 
 
