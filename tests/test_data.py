@@ -1,11 +1,15 @@
 """Image operators, batch operators, samplers and the dataset."""
 
+import io
+import os
 import random
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import ROOT
 from ppcls.data.dataloader import ImageNetDataset
 from ppcls.data.preprocess import TRANSFORM_OPS, build_transforms
 from ppcls.data.preprocess.batch_ops import CutmixOperator, MixupOperator, OpSampler
@@ -26,6 +30,134 @@ def test_resize_short_crop_and_normalize():
     resized = cv2.resize(IMAGE, (53, 40))
     expected = (resized[4:36, 10:42] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(out.transpose(1, 2, 0), expected, atol=1e-5)
+
+
+# 640x427: the backends' resize_short and the two crop roundings differ on it
+ROCKET = os.path.join(ROOT, "demo", "rocket.jpg")
+
+
+def _pipeline(specs, data, seed=0):
+    out = data
+    for op in build_transforms(specs, "ops"):
+        out = op(out, random.Random(seed))
+    return out
+
+
+def _rocket_bytes():
+    with open(ROCKET, "rb") as f:
+        return f.read()
+
+
+def test_default_cv2_path_is_paddleclas_arithmetic_on_opencv():
+    """PaddleClas's eval ops by plain OpenCV: short side 256, long side round(640 * 256 / 427)
+    = 384, centre crop at (384 - 224) // 2 = 80."""
+    data = _rocket_bytes()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    expected = cv2.resize(bgr[:, :, ::-1], (384, 256), interpolation=cv2.INTER_LINEAR)[16:240, 80:304]
+    out = _pipeline([{"DecodeImage": {"to_rgb": True}}, {"ResizeImage": {"resize_short": 256}},
+                     {"CropImage": {"size": 224}}], data)
+    np.testing.assert_array_equal(out, expected)
+    explicit = _pipeline([{"DecodeImage": {"backend": "cv2"}},
+                          {"ResizeImage": {"resize_short": 256, "backend": "cv2",
+                                           "interpolation": "bilinear"}},
+                          {"CropImage": {"size": 224, "offset_rounding": "floor"}}], data)
+    np.testing.assert_array_equal(explicit, expected)
+
+
+def test_pil_path_is_torchvision_arithmetic_on_pillow():
+    """torchvision's Resize(256) + CenterCrop(224) by plain Pillow: long side
+    int(256 * 640 / 427) = 383, crop left int(round(159 / 2)) = 80 (79 with floor)."""
+    data = _rocket_bytes()
+    resized = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(
+        (383, 256), Image.Resampling.BILINEAR))
+    specs = [{"DecodeImage": {"backend": "pil"}},
+             {"ResizeImage": {"resize_short": 256, "backend": "pil"}}]
+    np.testing.assert_array_equal(_pipeline(specs, data), resized)
+    half_even = _pipeline(specs + [{"CropImage": {"size": 224, "offset_rounding": "half_even"}}],
+                          data)
+    np.testing.assert_array_equal(half_even, resized[16:240, 80:304])
+    floor = _pipeline(specs + [{"CropImage": {"size": 224}}], data)
+    np.testing.assert_array_equal(floor, resized[16:240, 79:303])
+
+
+@pytest.mark.parametrize("backend", ["cv2", "pil", "PIL"])
+def test_decode_to_rgb_false_gives_bgr(backend):
+    data = _rocket_bytes()
+    rgb = _pipeline([{"DecodeImage": {"backend": backend}}], data)
+    bgr = _pipeline([{"DecodeImage": {"backend": backend, "to_rgb": False}}], data)
+    chw = _pipeline([{"DecodeImage": {"backend": backend, "channel_first": True}}], data)
+    assert rgb.shape == (427, 640, 3) and rgb.dtype == np.uint8 and rgb.flags.writeable
+    np.testing.assert_array_equal(bgr, rgb[:, :, ::-1])
+    np.testing.assert_array_equal(chw, rgb.transpose(2, 0, 1))
+
+
+def test_pil_decode_keeps_stored_orientation_as_torchvision_loads():
+    """OpenCV turns a photo by its EXIF orientation; Pillow, and so torchvision's and timm's
+    loaders, do not."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    buf = io.BytesIO()
+    Image.fromarray(IMAGE).save(buf, "JPEG", exif=exif.tobytes())
+    assert _pipeline([{"DecodeImage": {"backend": "pil"}}], buf.getvalue()).shape == (60, 80, 3)
+    assert _pipeline([{"DecodeImage": {"backend": "cv2"}}], buf.getvalue()).shape == (80, 60, 3)
+    for backend in ("cv2", "pil"):
+        with pytest.raises(ValueError, match="not a decodable image"):
+            _pipeline([{"DecodeImage": {"backend": backend}}], b"not an image")
+        with pytest.raises(ValueError, match="not a decodable image"):
+            _pipeline([{"DecodeImage": {"backend": backend}}], buf.getvalue()[:200])
+
+
+@pytest.mark.parametrize("backend,name,expected", [
+    ("cv2", "nearest", cv2.INTER_NEAREST), ("cv2", "area", cv2.INTER_AREA),
+    ("cv2", "Bicubic", cv2.INTER_CUBIC), ("cv2", "lanczos", cv2.INTER_LANCZOS4),
+    ("pil", "nearest", Image.Resampling.NEAREST), ("pil", "box", Image.Resampling.BOX),
+    ("pil", "hamming", Image.Resampling.HAMMING), ("pil", "bicubic", Image.Resampling.BICUBIC),
+    ("pil", "lanczos", Image.Resampling.LANCZOS), ("pil", None, Image.Resampling.BILINEAR),
+])
+def test_interpolation_names_pick_the_backends_filters(backend, name, expected):
+    out = _pipeline([{"ResizeImage": {"size": [37, 23], "interpolation": name,
+                                      "backend": backend}}], IMAGE)
+    if backend == "cv2":
+        reference = cv2.resize(IMAGE, (37, 23), interpolation=expected)
+    else:
+        reference = np.asarray(Image.fromarray(IMAGE).resize((37, 23), expected))
+    np.testing.assert_array_equal(out, reference)
+
+
+@pytest.mark.parametrize("backend", ["cv2", "pil"])
+def test_random_interpolation_is_bilinear_or_bicubic_by_the_sample_rng(backend):
+    specs = [{"RandCropImage": {"size": 24, "interpolation": "random", "backend": backend}}]
+    outs = {_pipeline(specs, IMAGE, seed).tobytes() for seed in range(8)}
+    assert len(outs) > 1
+    np.testing.assert_array_equal(_pipeline(specs, IMAGE, 3), _pipeline(specs, IMAGE, 3))
+    (op,) = build_transforms([{"ResizeImage": {"size": 24, "interpolation": "random",
+                                               "backend": backend}}], "ops")
+    assert len({op(IMAGE, random.Random(s)).tobytes() for s in range(12)}) == 2
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"DecodeImage": {"backend": "skimage"}},
+     "ops.0.DecodeImage: backend: 'skimage' is not supported, only 'cv2' or 'pil'"),
+    ({"ResizeImage": {"resize_short": 8, "backend": "torch"}},
+     "ops.0.ResizeImage: backend: 'torch' is not supported, only 'cv2' or 'pil'"),
+    ({"RandCropImage": {"size": 8, "backend": "skimage"}},
+     "ops.0.RandCropImage: backend: 'skimage' is not supported"),
+    ({"ResizeImage": {"resize_short": 8, "interpolation": "area", "backend": "pil"}},
+     "ops.0.ResizeImage: interpolation: 'area' is not supported with backend 'pil'; allowed: "
+     "nearest, bilinear"),
+    ({"ResizeImage": {"resize_short": 8, "interpolation": "hamming"}},
+     "interpolation: 'hamming' is not supported with backend 'cv2'; allowed: nearest"),
+    ({"RandCropImage": {"size": 8, "interpolation": "bicubc"}},
+     "interpolation: 'bicubc' is not supported with backend 'cv2' (did you mean 'bicubic'?)"),
+    ({"ResizeImage": {"resize_short": 8, "interpolation": 2}},
+     "interpolation: 2 is not supported with backend 'cv2'"),
+    ({"CropImage": {"size": 8, "offset_rounding": "round"}},
+     "ops.0.CropImage: offset_rounding: 'round' is not supported, only 'floor' or 'half_even'"),
+])
+def test_unsupported_backends_and_filters_are_one_line_errors(spec, message):
+    with pytest.raises(ConfigError) as err:
+        build_transforms([spec], "ops")
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
 @pytest.mark.parametrize("spec", [

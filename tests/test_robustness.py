@@ -228,8 +228,11 @@ BAD_CONFIGS = [  # a misspelt key or name in every section, and a few bad values
     ("Global.epochs=[3", "value '[3' is not valid YAML"),
     ("Global.use_dali=True", "Global.use_dali: True is not supported (NVIDIA DALI is not "
      "implemented here"),
-    ("DataLoader.Train.dataset.transform_ops.0.DecodeImage.backend=pil",
-     "DecodeImage: backend: 'pil' is not supported, only 'cv2'"),
+    ("DataLoader.Train.dataset.transform_ops.0.DecodeImage.backend=skimage",
+     "DecodeImage: backend: 'skimage' is not supported, only 'cv2' or 'pil'"),
+    ("DataLoader.Train.dataset.transform_ops.1.RandCropImage.interpolation=bicubc",
+     "RandCropImage: interpolation: 'bicubc' is not supported with backend 'cv2' (did you "
+     "mean 'bicubic'?)"),
     ("DataLoader.Train.sampler.batch_size=0", "batch_size must be a positive integer, got 0"),
 ]
 

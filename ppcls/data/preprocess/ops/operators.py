@@ -5,26 +5,63 @@ NormalizeImage) and `rng` a `random.Random` owned by the sample, so an augmentat
 function of the sample's seed alone, whatever process or worker runs it.
 """
 
+import io
 import math
 from fractions import Fraction
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import ConfigError, did_you_mean
 
-_INTERPOLATIONS = {
-    None: cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
-    "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC,
-    "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4,
+_PIL = Image.Resampling
+# Resize filters by PaddleClas's names (its UnifiedResize), plus the aliases 'linear' and
+# 'cubic'; None is bilinear. 'random' draws bilinear or bicubic per image from the sample's
+# rng. As in PaddleClas, PIL has no 'area' (its resize is antialiased anyway; 'box' is the
+# nearest thing) and OpenCV no 'box' or 'hamming'.
+_FILTERS = {
+    "cv2": {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
+            "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC,
+            "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4,
+            "random": (cv2.INTER_LINEAR, cv2.INTER_CUBIC)},
+    "pil": {"nearest": _PIL.NEAREST, "bilinear": _PIL.BILINEAR, "linear": _PIL.BILINEAR,
+            "bicubic": _PIL.BICUBIC, "cubic": _PIL.BICUBIC, "box": _PIL.BOX,
+            "hamming": _PIL.HAMMING, "lanczos": _PIL.LANCZOS,
+            "random": (_PIL.BILINEAR, _PIL.BICUBIC)},
 }
 
 
-def _interpolation(name):
-    if name not in _INTERPOLATIONS:
-        raise ConfigError(f"unknown interpolation {name!r}; allowed: "
-                          + ", ".join(k for k in _INTERPOLATIONS if k))
-    return _INTERPOLATIONS[name]
+def _backend(value):
+    """'cv2' or 'pil', in any case, as PaddleClas reads it (it falls back to cv2 with a
+    warning on anything else; here that is an error)."""
+    backend = value.lower() if isinstance(value, str) else value
+    if backend not in _FILTERS:
+        raise ConfigError(f"backend: {value!r} is not supported, only 'cv2' or 'pil'")
+    return backend
+
+
+class _Resizer:
+    """resize(img, (width, height), rng) with a named filter, by OpenCV or by Pillow."""
+
+    def __init__(self, interpolation, backend):
+        self.backend = _backend(backend)
+        filters = _FILTERS[self.backend]
+        name = "bilinear" if interpolation is None else interpolation
+        name = name.lower() if isinstance(name, str) else name
+        if name not in filters:
+            raise ConfigError(f"interpolation: {interpolation!r} is not supported with backend "
+                              f"{self.backend!r}{did_you_mean(name, filters)}; allowed: "
+                              + ", ".join(filters))
+        self.filter = filters[name]
+
+    def __call__(self, img, size, rng):
+        resample = rng.choice(self.filter) if isinstance(self.filter, tuple) else self.filter
+        if self.backend == "cv2":
+            return cv2.resize(img, size, interpolation=resample)
+        # Pillow filters every channel alike, so BGR arrays resize as well as RGB ones;
+        # np.array, not asarray: a writable array, as OpenCV gives
+        return np.array(Image.fromarray(np.ascontiguousarray(img)).resize(size, resample))
 
 
 def _size_pair(size):
@@ -54,76 +91,115 @@ def only(key, value, supported, why):
 
 
 class DecodeImage:
-    """Encoded bytes -> HWC uint8 array (RGB unless to_rgb is False)."""
+    """Encoded bytes -> HWC uint8 array, RGB unless to_rgb is False (then BGR).
+
+    backend 'cv2' decodes with OpenCV, 'pil' with Pillow (`Image.open(...).convert("RGB")`,
+    as torchvision's and timm's image folders load). They differ: OpenCV turns a photo by
+    its EXIF orientation and Pillow does not, CMYK JPEGs come out a level apart, and builds
+    with other libjpeg versions can differ more (the wheels tested here agree on plain
+    JPEGs). Weights scored by those libraries need 'pil' for the exact input they saw."""
 
     def __init__(self, to_rgb=True, channel_first=False, to_np=True, backend="cv2"):
         only("to_np", to_np, True, "images are numpy arrays throughout")
-        only("backend", backend, "cv2", "images are decoded with OpenCV")
+        self.backend = _backend(backend)
         self.to_rgb, self.channel_first = to_rgb, channel_first
+
+    def _decode_pil(self, data):
+        try:
+            rgb = np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # writable
+        # unidentified or truncated files are OSErrors; a few plugins raise the others
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return None
+        return rgb if self.to_rgb else rgb[:, :, ::-1]
+
+    def _decode_cv2(self, data):
+        try:
+            bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            return None
+        return bgr[:, :, ::-1] if self.to_rgb and bgr is not None else bgr
 
     def __call__(self, data, rng=None):
         if not data:
             raise ValueError("empty file, not a decodable image")
-        try:
-            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            img = None
+        img = self._decode_pil(data) if self.backend == "pil" else self._decode_cv2(data)
         if img is None:
             raise ValueError("not a decodable image")
-        if self.to_rgb:
-            img = img[:, :, ::-1]
         return img.transpose(2, 0, 1) if self.channel_first else img
 
 
 class ResizeImage:
-    """Resize to `size` ([w, h] or int), or the short side to `resize_short`."""
+    """Resize to `size` ([w, h] or int), or the short side to `resize_short`, with the
+    `interpolation` filter of the `backend` (see _FILTERS).
+
+    The long side of a `resize_short` differs by backend. 'cv2' rounds it, as PaddleClas
+    does: round(long * resize_short / short). 'pil' truncates it as torchvision's
+    Resize(int) does, which torchvision's and timm's eval transforms use:
+    int(resize_short * long / short). E.g. 640x427 to 256: 384x256 (cv2), 383x256 (pil).
+    Pillow's resize is antialiased (it widens the filter when shrinking), as torchvision's
+    is on PIL images; OpenCV's bilinear and bicubic are not."""
 
     def __init__(self, size=None, resize_short=None, interpolation=None, backend="cv2"):
         if (size is None) == (resize_short is None):
             raise ConfigError("ResizeImage needs exactly one of size and resize_short")
-        only("backend", backend, "cv2", "resizing uses OpenCV")
         self.size = _size_pair(size) if size is not None else None
         self.resize_short = resize_short
-        self.interpolation = _interpolation(interpolation)
+        self.resize = _Resizer(interpolation, backend)
+
+    def _target(self, width, height):
+        if self.size is not None:
+            return self.size
+        if self.resize.backend == "pil":
+            short, long = sorted((width, height))
+            long = int(self.resize_short * long / short)
+            return (self.resize_short, long) if width <= height else (long, self.resize_short)
+        ratio = self.resize_short / min(width, height)
+        return int(round(width * ratio)), int(round(height * ratio))
 
     def __call__(self, img, rng=None):
         height, width = img.shape[:2]
-        if self.size is not None:
-            target = self.size
-        else:
-            ratio = self.resize_short / min(width, height)
-            target = (int(round(width * ratio)), int(round(height * ratio)))
-        return cv2.resize(img, target, interpolation=self.interpolation)
+        return self.resize(img, self._target(width, height), rng)
 
 
 class CropImage:
-    """Centre crop to `size` ([w, h] or int)."""
+    """Centre crop to `size` ([w, h] or int).
 
-    def __init__(self, size):
+    `offset_rounding` (ours; PaddleClas has only `size`) places an odd margin: 'floor'
+    (default, PaddleClas) starts at (h - th) // 2; 'half_even' at int(round((h - th) / 2))
+    as torchvision's CenterCrop does, Python rounding halves to even: a margin of 119 starts
+    at 60, not 59. The two differ when the margin is 3 more than a multiple of 4."""
+
+    def __init__(self, size, offset_rounding="floor"):
         self.width, self.height = _size_pair(size)
+        if offset_rounding not in ("floor", "half_even"):
+            raise ConfigError(f"offset_rounding: {offset_rounding!r} is not supported, only "
+                              "'floor' or 'half_even'")
+        self.half_even = offset_rounding == "half_even"
+
+    def _offset(self, margin):
+        return int(round(margin / 2)) if self.half_even else margin // 2
 
     def __call__(self, img, rng=None):
         height, width = img.shape[:2]
         if height < self.height or width < self.width:
             raise ValueError(f"image {width}x{height} is smaller than the crop "
                              f"{self.width}x{self.height}; resize it first")
-        top, left = (height - self.height) // 2, (width - self.width) // 2
+        top, left = self._offset(height - self.height), self._offset(width - self.width)
         return img[top:top + self.height, left:left + self.width]
 
 
 class RandCropImage:
     """Random-resized crop: a random area fraction in `scale` and aspect ratio in `ratio`
     (uniform, or log-uniform with use_log_aspect), then resize to `size`; a centre crop if
-    10 tries fail."""
+    10 tries fail. `backend` and `interpolation` as for ResizeImage."""
 
     def __init__(self, size, scale=None, ratio=None, interpolation=None, use_log_aspect=False,
                  backend="cv2"):
-        only("backend", backend, "cv2", "resizing uses OpenCV")
         self.size = _size_pair(size)
         self.scale = tuple(parse_number(s) for s in (scale or (0.08, 1.0)))
         self.ratio = tuple(parse_number(r) for r in (ratio or (3.0 / 4.0, 4.0 / 3.0)))
         self.use_log_aspect = use_log_aspect
-        self.interpolation = _interpolation(interpolation)
+        self.resize = _Resizer(interpolation, backend)
 
     def _aspect(self, rng):
         if self.use_log_aspect:
@@ -150,8 +226,7 @@ class RandCropImage:
 
     def __call__(self, img, rng):
         top, left, h, w = self._window(*img.shape[:2], rng)
-        crop = img[top:top + h, left:left + w]
-        return cv2.resize(crop, self.size, interpolation=self.interpolation)
+        return self.resize(img[top:top + h, left:left + w], self.size, rng)
 
 
 class RandFlipImage:
