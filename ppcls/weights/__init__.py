@@ -6,10 +6,13 @@
                     crash-safe save, finding and resuming the newest complete one
     model_files.py  the files of an exported model (Paddle Inference, ONNX)
     converter.py    torchvision / timm / reproduction checkpoints -> our `.pdparams`
+    torch_pickle.py PyTorch `torch.save` files as numpy arrays, without PyTorch and
+                    without running code from the file
 
-Imports run one way: checkpoint uses loading; loading, model_files and converter use no
-other module here. The converter is not re-exported: it needs the model registry
-(ppcls.arch), which the deployed predictor, importing model_files, should not load.
+Imports run one way: checkpoint uses loading; converter uses torch_pickle; loading,
+model_files and torch_pickle use no other module here. The converter is not re-exported: it
+needs the model registry (ppcls.arch), which the deployed predictor, importing model_files,
+should not load.
 Import it as `ppcls.weights.converter`.
 """
 
