@@ -25,7 +25,8 @@ def parse_args(argv=None):
                              "MnasNet_A1_x1_0 for timm semnasnet_100")
     parser.add_argument("--class_num", type=int, default=1000)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("src", help=".pth/.pt/.bin (needs torch), .safetensors, .npz or .pdparams")
+    parser.add_argument("src", help="a torch.save .pth/.pt/.bin (read without torch), "
+                                    ".safetensors, .npz or .pdparams, recognised by content")
     parser.add_argument("dst", help="output .pdparams path")
     return parser.parse_args(argv)
 

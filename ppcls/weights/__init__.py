@@ -8,11 +8,14 @@
     model_files.py  the files of an exported model (Paddle Inference, ONNX)
     converter.py    torchvision / timm / reproduction checkpoints -> our `.pdparams`
     download.py     fetch a URL into the cache (cache_dir), SHA-256 checked, resumable
+    torch_pickle.py PyTorch `torch.save` files as numpy arrays, without PyTorch and
+                    without running code from the file
 
 Imports run one way: checkpoint and pretrained use loading (pretrained also the converter
-and download, when it needs them); loading, model_files and converter use no other module
-here, download none. The converter is not re-exported: it needs the model registry
-(ppcls.arch), which the deployed predictor, importing model_files, should not load.
+and download, when it needs them); the converter uses torch_pickle; loading, model_files,
+download and torch_pickle use no other module here. The converter is not re-exported: it
+needs the model registry (ppcls.arch), which the deployed predictor, importing model_files,
+should not load.
 Import it as `ppcls.weights.converter`.
 """
 

@@ -8,11 +8,13 @@ tensor is used and every target tensor is filled with the right shape.
 
 import os
 import re
+import zipfile
 
 import numpy as np
 
 from ppcls.arch.registry import get_model_builder
 from ppcls.utils.errors import WeightsError
+from ppcls.weights import torch_pickle
 
 SOURCES = ("torchvision", "timm", "reproduction")
 
@@ -178,49 +180,81 @@ def _unwrap(state):
     return state
 
 
+# Formats by what read_checkpoint calls them in messages.
+FORMATS = {"torch": "PyTorch torch.save (.pth/.pt/.bin)", "safetensors": "safetensors",
+           "npz": "numpy .npz", "pdparams": "Paddle .pdparams"}
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on its JSON header
+
+
+def checkpoint_format(path):
+    """A key of FORMATS, recognised by the file's first bytes (never its name), or None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):  # a zip: torch.save's own layout, or numpy's npz
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as err:
+            raise WeightsError(f"cannot read {path}: it is a truncated or damaged zip "
+                               f"({err})") from None
+        if torch_pickle.is_torch_zip(names):
+            return "torch"
+        return "npz" if names and all(n.endswith(".npy") for n in names) else None
+    # safetensors: a little-endian u64 header length, then that many bytes of JSON
+    header_length = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 0 < header_length <= _SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode: Paddle's, or an old torch.save
+        return "torch" if torch_pickle.is_legacy_file(head) else "pdparams"
+    return None
+
+
+def _read_pdparams(path):
+    import paddle
+
+    return {k: np.asarray(v) for k, v in paddle.load(path).items()}
+
+
+def _read_npz(path):
+    with np.load(path) as archive:  # allow_pickle stays False: arrays only
+        return {k: archive[k] for k in archive.files}
+
+
+def _read_safetensors(path):
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+_READERS = {"torch": torch_pickle.read_torch_file, "safetensors": _read_safetensors,
+            "npz": _read_npz, "pdparams": _read_pdparams}
+
+
 def read_checkpoint(path):
-    """Read a reference checkpoint as name -> numpy array: `.safetensors` and `.npz` need
-    no PyTorch, `.pth`/`.pt`/`.bin` need `torch`, `.pdparams` needs Paddle."""
+    """Read a reference checkpoint as name -> numpy array. The format is recognised by the
+    file's content, whatever its extension: a PyTorch `torch.save` file (zip or legacy;
+    read without PyTorch, refusing any that would run code), `.safetensors`, `.npz` or
+    Paddle's `.pdparams`. Usual wrappers ({'state_dict': ...}, 'module.' prefixes) are
+    unwrapped; values that are not tensors (epoch counters and the like) are dropped."""
     path = str(path)
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint not found: {path}")
-    extension = os.path.splitext(path)[1].lower()
+    kind = checkpoint_format(path)
+    if kind is None:
+        raise WeightsError(f"{path} is not a checkpoint format this tool reads: "
+                           + ", ".join(FORMATS.values()) + " (recognised by content)")
     try:
-        if extension == ".safetensors":
-            from safetensors.numpy import load_file
-
-            state = load_file(path)
-        elif extension == ".npz":
-            with np.load(path) as archive:
-                state = {k: archive[k] for k in archive.files}
-        elif extension in (".pth", ".pt", ".bin"):
-            state = _read_torch_pickle(path)
-        elif extension == ".pdparams":
-            import paddle
-
-            state = {k: np.asarray(v) for k, v in paddle.load(path).items()}
-        else:
-            raise WeightsError(f"{path}: unknown checkpoint type {extension!r}; use .pth, .pt, "
-                               ".bin, .safetensors, .npz or .pdparams")
+        state = _READERS[kind](path)
     except WeightsError:
         raise
     except Exception as err:
-        raise WeightsError(f"cannot read {path}: it is truncated or not a {extension} "
-                           f"checkpoint ({type(err).__name__}: {err})") from None
-    return _unwrap(dict(state))
-
-
-def _read_torch_pickle(path):
-    try:
-        import torch
-    except ImportError:
-        raise WeightsError(
-            f"reading the PyTorch pickle {path} needs torch, which is optional here: "
-            "'pip install torch' (the CPU build is enough), or give a .safetensors file "
-            "(timm publishes these) or an .npz of the state_dict instead") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = _unwrap(state)
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+        raise WeightsError(f"cannot read {path}: it is truncated or not a valid "
+                           f"{FORMATS[kind]} file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict "
+                           "(a dict of name -> tensor)")
+    state = _unwrap({k: v for k, v in state.items() if isinstance(k, str)})
+    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
 def save_pdparams(state, path):
