@@ -182,3 +182,31 @@ def test_fine_tune_from_served_weights_then_export_and_predict(digits, tmp_path,
     results = json.load(open(tmp_path / "r.json"))
     assert len(results) == len(list((digits / "images" / "val" / "3").iterdir()))
     assert all(len(r["class_ids"]) == 3 for r in results)
+
+
+def test_infer_yaml_predicts_the_demo_photos_from_a_served_pth(server, tmp_path, capsys):
+    """`python tools/infer.py -c infer.yaml -o Global.pretrained_model=<URL of a .pth>`:
+    torch's file format read without torch, torchvision's topology and eval transform, the
+    seed's output format with ImageNet label names, one result per demo photo."""
+    import json
+
+    import torch_format
+    from tools import infer as infer_tool
+
+    fixture = load_fixture(f"{FIXTURES}/torchvision_mnasnet1_0.json")
+    state = {k: torch_format.tensor(v) for k, v in reference_weights(fixture).items()}
+    torch_format.save(state, server.root / "mnasnet1_0.pth")
+    infer_tool.main(parse_args(["-c", f"{ROOT}/infer.yaml", "-o",
+                                f"Global.pretrained_model={server.url('mnasnet1_0.pth')}",
+                                "-o", f"Infer.infer_imgs={ROOT}/demo",
+                                "-o", f"Infer.save_path={tmp_path}/r.json"]))
+    out = capsys.readouterr().out
+    assert "torchvision weights: using their topology, stem_relu=False" in out
+    assert "Infer.transforms replaced by their source's eval transform" in out
+    results = json.load(open(tmp_path / "r.json"))
+    assert [r["file_name"].rsplit("/", 1)[1] for r in results] == [
+        "astronaut.jpg", "cat.jpg", "coffee.jpg", "rocket.jpg"]
+    labels = open(f"{ROOT}/ppcls/utils/imagenet1k_label_list.txt").read().splitlines()
+    for r in results:
+        assert len(r["class_ids"]) == 5 and r["scores"] == sorted(r["scores"], reverse=True)
+        assert r["label_names"] == [labels[i].split(" ", 1)[1] for i in r["class_ids"]]
