@@ -101,7 +101,11 @@ def test_reproduction_checkpoint_converts(tmp_path, capsys, extra_relu, bare_cla
     code, out, _ = run_tool(capsys, "--source", "reproduction", "--arch", "MnasNet_B1_x0_5",
                             src, dst)
     assert code == 0
-    assert f"Arch.stem_relu: {extra_relu}" in out
+    assert f"these weights need stem_relu={extra_relu}, recorded in" in out
+    model = build_model({"Arch": {"name": "MnasNet_B1_x0_5", "stem_relu": None}})
+    model.set_stem_relu(not extra_relu)  # loading must switch it to the recorded topology
+    load_pretrained_weights(model, dst)
+    assert model.stem_relu == extra_relu
     converted = paddle.load(str(dst))
     assert converted.keys() == expected.keys()
     for key, value in expected.items():

@@ -37,17 +37,16 @@ def main(argv=None):
         source_state = read_checkpoint(args.src)
         state, stem_relu = convert_state_dict(source_state, args.source, args.arch,
                                               args.class_num)
-        save_pdparams(state, args.dst)
+        save_pdparams(state, args.dst, stem_relu)
     except WeightsError as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"converted {len(state)} tensors from {args.src} ({args.source}) to {args.dst}")
-    print(f"these weights need 'Arch.stem_relu: {stem_relu}' "
-          f"(-o Arch.stem_relu={stem_relu}); the default True is the reproduction's topology"
-          if not stem_relu else
-          "these weights need 'Arch.stem_relu: True' (the reproduction's extra stem ReLU)")
+    print(f"these weights need stem_relu={stem_relu}, recorded in "
+          f"{os.path.splitext(args.dst)[0]}.pdstates: loading them applies it (leave "
+          "Arch.stem_relu unset)")
     return 0
 
 

@@ -257,8 +257,12 @@ def read_checkpoint(path):
     return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
-def save_pdparams(state, path):
+def save_pdparams(state, path, stem_relu=None):
+    """Write converted weights; with `stem_relu`, also a `.pdstates` beside them recording
+    the topology they need, which loading then applies (as for our own checkpoints)."""
     import paddle
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, path)
+    if stem_relu is not None:
+        paddle.save({"stem_relu": bool(stem_relu)}, os.path.splitext(path)[0] + ".pdstates")
