@@ -210,3 +210,13 @@ def test_infer_yaml_predicts_the_demo_photos_from_a_served_pth(server, tmp_path,
     for r in results:
         assert len(r["class_ids"]) == 5 and r["scores"] == sorted(r["scores"], reverse=True)
         assert r["label_names"] == [labels[i].split(" ", 1)[1] for i in r["class_ids"]]
+
+
+def test_infer_without_an_infer_section_is_one_line(digits, tmp_path, capsys):
+    from tools import infer as infer_tool
+
+    args = config_args(digits_overrides(digits, tmp_path), "Infer=null")
+    code = run(infer_tool.main, parse_args(args))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: ") and "has no Infer section" in err and "infer.yaml" in err
