@@ -28,11 +28,8 @@ PARTS = (".pdparams", ".pdopt", ".pdema", ".pdstates")  # .pdstates, the manifes
 
 
 def _sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # reads in blocks
 
 
 def _write_flushed(obj, path):

@@ -139,11 +139,8 @@ def _check_cached(target, expected):
 
 
 def _file_sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # reads in blocks
 
 
 def _download_with_retries(url, part, target, progress, retries):
