@@ -74,14 +74,50 @@ def test_folder_of_five_in_batches_of_two_gives_five_results_in_order(exported, 
     assert len(printed) == 5 and all(line.startswith("{'class_ids': [") for line in printed)
 
 
-@pytest.mark.parametrize("backend,tolerance", [("paddle", 1e-5), ("onnxruntime", 1e-4)])
-def test_predictor_agrees_with_dygraph(exported, tmp_path, backend, tolerance):
+@pytest.mark.parametrize("backend,extra,tolerance", [
+    ("paddle", (), 1e-5),                                  # the OpenVINO engine
+    ("paddle", ("-o", "Global.use_openvino=False"), 1e-5),  # oneDNN
+    ("onnxruntime", (), 1e-4)], ids=["paddle-openvino", "paddle-onednn", "onnxruntime"])
+def test_predictor_agrees_with_dygraph(exported, tmp_path, backend, extra, tolerance):
     dygraph = run_infer(exported, exported["images"], tmp_path / "dy.json")
-    deployed = run_predictor(exported, exported["images"], tmp_path / "pi.json", backend)
+    deployed = run_predictor(exported, exported["images"], tmp_path / "pi.json", backend, extra=extra)
     assert [r["file_name"] for r in deployed] == [r["file_name"] for r in dygraph]
     for a, b in zip(dygraph, deployed):
         assert a["class_ids"] == b["class_ids"]
         np.testing.assert_allclose(a["scores"], b["scores"], atol=tolerance + 1e-5)  # + rounding
+
+
+def test_export_writes_the_legacy_program_for_openvino_on_the_same_parameters(exported):
+    from ppcls.inference import cpu_engine
+
+    files = sorted(os.listdir(exported["model_dir"]))
+    assert {"inference.json", "inference.pdmodel", "inference.pdiparams"} <= set(files), files
+    g = {**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(exported["model_dir"])}
+    assert cpu_engine(g, g["inference_model_dir"]) == "openvino"  # no fallback on this machine
+
+
+def test_openvino_keeps_its_compiled_models_in_our_cache_not_the_working_directory(
+        exported, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PPCLS_CACHE_DIR", str(tmp_path / "cache"))
+    g = {**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(exported["model_dir"])}
+    predict_cls.RUNNERS["paddle"](g)(np.zeros((1, 3, 32, 32), np.float32))
+    assert not (tmp_path / "__cache__").exists()
+    assert list((tmp_path / "cache" / "openvino").iterdir())
+
+
+def test_a_model_without_the_legacy_program_runs_onednn_and_says_why(exported, tmp_path, caplog):
+    from ppcls.inference import cpu_engine
+
+    pir_only = tmp_path / "pir_only"
+    shutil.copytree(exported["model_dir"], pir_only)
+    os.remove(pir_only / "inference.pdmodel")
+    g = {**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(pir_only)}
+    with caplog.at_level("INFO"):
+        assert cpu_engine(g, str(pir_only)) == "onednn"
+    assert "no inference.pdmodel" in caplog.text and "tools/export_model.py" in caplog.text
+    probs = predict_cls.RUNNERS["paddle"](g)(np.zeros((1, 3, 32, 32), np.float32))
+    assert probs.shape == (1, 10)
 
 
 @pytest.mark.parametrize("backend", ["paddle", "onnxruntime"])
@@ -170,11 +206,13 @@ def test_benchmark_tool_writes_table_csv_and_plot(tmp_path):
 
     out = tmp_path / "bench"
     assert benchmark.main(["--names", "MnasNet_small", "--size", "32", "--batch_sizes", "1", "2",
-                           "--threads", "1", "--warmup", "1", "--repeats", "2",
+                           "--threads", "1", "--warmup", "1", "--repeats", "2", "--rounds", "2",
                            "--out_dir", str(out)]) == 0
     table = (out / "benchmark.md").read_text()
     assert "| MnasNet_small | 2.03 |" in table and "onnxruntime b2 (ms)" in table
+    assert "paddle_onednn b1 (ms)" in table and "floor b2 (ms)" in table
     row = next(csv_row for csv_row in __import__("csv").DictReader(open(out / "benchmark.csv")))
     assert float(row["paddle_b1_ms"]) > 0 and float(row["onnxruntime_b2_ms"]) > 0
+    assert float(row["floor_b2_ms"]) == pytest.approx(2 * float(row["floor_b1_ms"]))
     assert float(row["published_top1"]) == 66.196
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from ppcls.utils.threads import _amd_with_avx2, processes_on_this_node, usable_cores
+from ppcls.utils.threads import _amd_with_avx2, mkl_loaded, processes_on_this_node, usable_cores
 
 CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}
@@ -36,13 +36,47 @@ def test_a_missing_cpuinfo_changes_nothing(tmp_path):
 
 def test_values_in_the_environment_win():
     code = ("import os; from ppcls.utils.threads import set_default_threads; "
-            "n = set_default_threads(); "
-            "print(n, os.environ['GOMP_SPINCOUNT'], os.environ.get('MKL_DEBUG_CPU_TYPE'))")
-    env = {"OMP_NUM_THREADS": "3", "GOMP_SPINCOUNT": "7", "MKL_DEBUG_CPU_TYPE": "2",
-           "PATH": "/usr/bin:/bin"}
+            "n = set_default_threads(); print(n, os.environ.get('MKL_DEBUG_CPU_TYPE'))")
+    env = {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "2", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.split()
-    assert out == ["3", "7", "2"]
+    assert out == ["3", "2"]
+
+
+def run_user_script(code):
+    """A user's own script, run as they would: no variables set, no tools/ entry point."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           "PYTHONPATH": ROOT, "PYTHONWARNINGS": "always"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+
+
+amd_avx2_only = pytest.mark.skipif(not _amd_with_avx2(),
+                                   reason="MKL_DEBUG_CPU_TYPE is only chosen on AMD CPUs with AVX2")
+
+
+@amd_avx2_only
+def test_importing_paddle_first_still_gets_the_fast_mkl_path():
+    done = run_user_script("import os, paddle, ppcls; from ppcls.utils.threads import mkl_loaded; "
+                           "print(os.environ.get('MKL_DEBUG_CPU_TYPE'), mkl_loaded())")
+    assert done.stdout.split() == ["5", "False"]  # set, and MKL (loaded later) will read it
+    assert "MKL_DEBUG_CPU_TYPE" not in done.stderr
+
+
+@amd_avx2_only
+def test_mkl_loaded_before_ppcls_gets_one_warning_naming_the_variable():
+    done = run_user_script("import paddle; x = paddle.ones([8, 8]); paddle.matmul(x, x); "
+                           "import ppcls, ppcls.arch")
+    lines = [line for line in done.stderr.splitlines() if "MKL_DEBUG_CPU_TYPE=5" in line]
+    assert len(lines) == 1 and "2x slower" in lines[0]
+
+
+def test_mkl_loaded_reads_the_process_memory_map(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /x/paddle/libs/libdnnl.so.3\n")
+    assert not mkl_loaded(str(maps))
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /x/paddle/libs/libmklml_intel.so\n")
+    assert mkl_loaded(str(maps))
 
 
 def default_threads(**env):

@@ -1,7 +1,10 @@
 """Inference latency of MnasNet variants on this machine: each variant exported fresh, then
-timed at batch 1 and 8 with Paddle Inference, ONNX Runtime and Paddle dygraph, beside its
-parameters, multiply-adds and published ImageNet top-1. Writes a Markdown table, a CSV and a
-PNG of published accuracy against measured latency (the trade-off MnasNet was searched for).
+timed at batch 1 and 8 with Paddle Inference as the deployed predictor runs it (OpenVINO
+engine) and with oneDNN, ONNX Runtime and Paddle dygraph, beside its parameters,
+multiply-adds, published ImageNet top-1 and the floor: the multiply-adds at this machine's
+measured peak float32 matrix-multiply rate. The backends take turns (--rounds rounds of
+--repeats runs each); every figure is the median of all its runs. Writes a Markdown table,
+a CSV and a PNG of published accuracy against measured latency.
 
     python tools/benchmark.py --threads 2 --out_dir log/benchmark
     python tools/benchmark.py --names MnasNet_B1_x1_0 MnasNet_A1_x1_0 --size 224
@@ -39,7 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch_sizes", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=10, help="runs per backend per round")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each backend takes")
     parser.add_argument("--no_dygraph", action="store_true", help="skip the dygraph timing")
     parser.add_argument("--out_dir", default="output/benchmark",
                         help="where the table, CSV and plot go (the committed run is in log/benchmark)")
@@ -57,7 +61,50 @@ def median_ms(fn, warmup, repeats):
     return statistics.median(times)
 
 
-def measure_variant(name, args, work_dir):
+def time_alternating(backends, x, args):
+    """Median ms per backend: after warm-up, the backends take turns, `repeats` runs each,
+    for `rounds` rounds, so a slow spell of the machine falls on all of them."""
+    for run in backends.values():
+        for _ in range(args.warmup):
+            run(x)
+    times = {name: [] for name in backends}
+    for _ in range(args.rounds):
+        for name, run in backends.items():
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                run(x)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_gflops(threads, size=1024, repeats=10):
+    """This machine's float32 matrix-multiply rate (ONNX Runtime's MatMul, as many threads as
+    the models get): the rate a perfectly efficient model would run at."""
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    feeds = {"a": a, "b": a}
+    session.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def measure_variant(name, args, work_dir, gflops):
     import numpy as np
     import paddle
 
@@ -73,7 +120,9 @@ def measure_variant(name, args, work_dir):
     export_inference_model(config, model_dir)
     export_onnx(model_dir)
     g = {**DEPLOY_DEFAULTS, "inference_model_dir": model_dir, "cpu_num_threads": args.threads}
-    backends = {"paddle": RUNNERS["paddle"](g), "onnxruntime": RUNNERS["onnxruntime"](g)}
+    backends = {"paddle": RUNNERS["paddle"](g),
+                "paddle_onednn": RUNNERS["paddle"]({**g, "use_openvino": False}),
+                "onnxruntime": RUNNERS["onnxruntime"](g)}
     network = build_inference_network(config)
     if not args.no_dygraph:
         dygraph = InferenceModel(network)
@@ -83,13 +132,13 @@ def measure_variant(name, args, work_dir):
                 return dygraph(paddle.to_tensor(x)).numpy()
 
         backends["dygraph"] = run_dygraph
-    row = {"model": name, "params_M": count_params(network) / 1e6,
-           "MACs_M": count_macs(network, args.size) / 1e6}
+    macs = count_macs(network, args.size)
+    row = {"model": name, "params_M": count_params(network) / 1e6, "MACs_M": macs / 1e6}
     rng = np.random.default_rng(0)
     for batch in args.batch_sizes:
         x = rng.standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
-        for backend, run in backends.items():
-            ms = median_ms(lambda: run(x), args.warmup, args.repeats)
+        row[f"floor_b{batch}_ms"] = 2 * macs * batch / (gflops * 1e9) * 1000
+        for backend, ms in time_alternating(backends, x, args).items():
             row[f"{backend}_b{batch}_ms"] = ms
             row[f"{backend}_b{batch}_img_s"] = batch * 1000 / ms
     return row
@@ -107,21 +156,27 @@ def write_outputs(rows, args, header_note):
         writer.writeheader()
         writer.writerows(rows)
     backends = [k[:-6] for k in keys if k.endswith(f"_b{args.batch_sizes[0]}_ms")]
-    backends = sorted({b.rsplit("_b", 1)[0] for b in backends}, key=["paddle", "onnxruntime", "dygraph"].index)
+    order = ["paddle", "paddle_onednn", "onnxruntime", "dygraph", "floor"]
+    backends = sorted({b.rsplit("_b", 1)[0] for b in backends}, key=order.index)
     columns = ["model", "params (M)", f"MACs @{args.size} (M)", "published top-1"]
     for batch in args.batch_sizes:
         columns += [f"{b} b{batch} (ms)" for b in backends]
-        columns += [f"paddle b{batch} (img/s)"]
+        columns += [f"paddle / onnxruntime b{batch}", f"paddle b{batch} (img/s)"]
     lines = [header_note, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [row["model"], f"{row['params_M']:.2f}", f"{row['MACs_M']:.1f}",
                  f"{row['published_top1']}" if row["published_top1"] else "-"]
         for batch in args.batch_sizes:
             cells += [f"{row[f'{b}_b{batch}_ms']:.2f}" for b in backends]
-            cells += [f"{row[f'paddle_b{batch}_img_s']:.1f}"]
+            cells += [f"{row[f'paddle_b{batch}_ms'] / row[f'onnxruntime_b{batch}_ms']:.2f}x",
+                      f"{row[f'paddle_b{batch}_img_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Published top-1: the highest figure in ppcls/arch/backbone/model_zoo/"
-              "mnasnet_variants.py, from its source (not measured here)."]
+    lines += ["", "paddle: Paddle Inference as deploy/python/predict_cls.py runs it (the OpenVINO "
+              "engine bundled in Paddle); paddle_onednn: the same with -o Global.use_openvino=False; "
+              "onnxruntime: paddle2onnx's conversion in ONNX Runtime (all graph optimisations); "
+              "floor: the multiply-adds at this machine's peak float32 matrix-multiply rate "
+              "(measured in the same run). Published top-1: the highest figure in "
+              "ppcls/arch/backbone/model_zoo/mnasnet_variants.py, from its source (not measured here)."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         f.write(table)
@@ -173,15 +228,19 @@ def main(argv=None):
 
     import paddle
 
+    gflops = peak_gflops(args.threads)
+    print(f"peak float32 matrix multiply: {gflops:.0f} GFLOP/s on {args.threads} threads", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as work_dir:
         for name in args.names:
-            rows.append(measure_variant(name, args, work_dir))
+            rows.append(measure_variant(name, args, work_dir, gflops))
             print(f"measured {name}", flush=True)
     note = (f"`python tools/benchmark.py {' '.join(sys.argv[1:] if argv is None else argv)}` on "
             f"{os.cpu_count()} CPU cores ({platform.machine()}, {cpu_name()}), "
-            f"{args.threads} threads, paddlepaddle {paddle.__version__}; median of {args.repeats} "
-            f"runs after {args.warmup} warm-up runs, random weights, input {args.size}x{args.size}.")
+            f"{args.threads} threads, paddlepaddle {paddle.__version__}; backends alternating, "
+            f"{args.rounds} rounds of {args.repeats} runs each after {args.warmup} warm-up runs, "
+            f"median of all runs; random weights, input {args.size}x{args.size}; peak float32 "
+            f"matrix multiply {gflops:.0f} GFLOP/s.")
     print(write_outputs(rows, args, note))
     return 0
 

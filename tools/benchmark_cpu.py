@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import platform
+import statistics
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
@@ -38,8 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="alternate the frameworks' processes this many times and keep "
-                             "each case's best round (shared machines are noisy)")
+                        help="alternate the frameworks' processes this many times; each case "
+                             "reports the median over the rounds")
     parser.add_argument("--skip_kernels", action="store_true")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--out", default=None, help="also write the table here")
@@ -235,15 +236,14 @@ def worker_results(backend, argv):
     return json.loads(lines[-1][len("RESULTS "):])
 
 
-def keep_best(best, results):
-    """Merge one round into `best`: the shorter kernel time, the higher throughput."""
-    kernel_labels = {c[0] for c in KERNEL_CASES}
-    for key, value in results.items():
-        if not isinstance(value, float) or key not in best:
-            best.setdefault(key, value)
-            continue
-        is_time = key.split("|", 1)[-1] in kernel_labels
-        best[key] = min(best[key], value) if is_time else max(best[key], value)
+def median_over_rounds(rounds):
+    """One result per case: the median of its rounds' figures (each already the median of
+    its steps). Text entries (versions) keep their first value."""
+    merged = {}
+    for key in dict.fromkeys(k for results in rounds for k in results):
+        values = [results[key] for results in rounds if key in results]
+        merged[key] = statistics.median(values) if isinstance(values[0], float) else values[0]
+    return merged
 
 
 def torch_available():
@@ -279,14 +279,15 @@ def main(argv=None):
     with_torch = not args.no_torch and torch_available()
     if not args.no_torch and not with_torch:
         print("torch is not installed: the PyTorch column stays empty", file=sys.stderr)
-    results = {}
+    rounds = []
     for _ in range(args.rounds):
         paddle_results = worker_results("paddle", argv)
         if not paddle_results:
             raise SystemExit("error: the Paddle measurements failed (see above)")
-        keep_best(results, paddle_results)
+        rounds.append(paddle_results)
         if with_torch:
-            keep_best(results, worker_results("torch", argv))
+            rounds.append(worker_results("torch", argv))
+    results = median_over_rounds(rounds)
     versions = f"paddlepaddle {results.pop('version', '')}".strip()
     if with_torch:
         versions += f", torch {results.pop('torch_version', '?')}"
@@ -295,7 +296,7 @@ def main(argv=None):
     lines = [f"`python tools/benchmark_cpu.py {' '.join(argv)}` on {platform.machine()}, "
              f"{os.cpu_count()} cores, {args.threads} threads; {versions}. Each framework "
              f"runs in its own process; the processes alternate for {args.rounds} round(s) "
-             "and each case keeps its best round (median of its steps). Ratios above 1 "
+             "and each case is the median over the rounds of the median of its steps. Ratios above 1 "
              "mean ours is faster (kernels: time; models: images per second).", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, args)]

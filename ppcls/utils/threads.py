@@ -1,37 +1,59 @@
-"""CPU threading and math-library defaults, set before Paddle is imported (OpenMP and MKL
-read them once, when they load).
+"""CPU threading and math-library defaults. `import ppcls` applies them (ppcls/__init__.py),
+so tools, notebooks and users' own scripts get the same speed.
 
 - OMP_NUM_THREADS: the cores this process may use (its CPU affinity and its cgroup's CPU
   quota, as in a container), divided by the training processes on this node
   (`PADDLE_LOCAL_SIZE`, set by paddle.distributed.launch; not the world size, which
   counts every node). Without it, every process of a multi-process CPU run would start one
-  thread per core of the host and oversubscribe it.
-- GOMP_SPINCOUNT=0: OpenMP threads sleep as soon as a parallel region ends instead of
-  spinning. Paddle runs two OpenMP runtimes (GNU for oneDNN and our depthwise kernel, Intel
-  for others); spinning threads of one steal the cores the other needs next. Measured on 2
-  cores, MnasNet-B1 dygraph inference at batch 1 took 125 ms with spinning, 41 ms without.
+  thread per core of the host and oversubscribe it. OpenMP reads it when Paddle loads, so
+  it is set only when ppcls is imported first.
 - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs with AVX2: the MKL build inside Paddle's CPU wheel picks
   its slow generic GEMM on any CPU whose vendor is not Intel; this variable makes it take
   the AVX2 path (it is not needed, and not set, on Intel). Paddle's dygraph convolutions
-  and matmuls are MKL GEMMs: on the 2-core AMD EPYC here a 336x784x56 GEMM went from
-  about 24 to 80 GFLOP/s on one thread, and MnasNet-B1 x1.3 batch-1 inference from 48 to
-  33 ms.
-Values already in the environment always win.
+  and matmuls are MKL GEMMs: on the 2-core AMD EPYC here MnasNet-B1 dygraph inference at
+  batch 1 went from about 30 to 16 ms. Paddle loads MKL at its first matrix product and
+  MKL reads the variable then, so it still works when Paddle was imported before ppcls;
+  if MKL is already loaded without it, one warning says what it costs.
+Values already in the environment always win. (GOMP_SPINCOUNT=0 used to be set here: the
+depthwise kernel's GNU OpenMP threads spun against MKL's Intel OpenMP threads. The kernel
+now runs on MKL's runtime, see ppcls/ops/depthwise_conv, and the variable is not needed.)
 """
 
 import math
 import os
+import sys
+import warnings
 
 
 def set_default_threads():
-    os.environ.setdefault("GOMP_SPINCOUNT", "0")
-    if _amd_with_avx2():
-        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
-    if "OMP_NUM_THREADS" in os.environ:
-        return int(os.environ["OMP_NUM_THREADS"])
+    """Applies the defaults above; returns the OpenMP threads this process will use."""
+    _select_mkl_code_path()
+    if "OMP_NUM_THREADS" in os.environ or "paddle" in sys.modules:
+        return int(os.environ.get("OMP_NUM_THREADS") or usable_cores())
     threads = max(1, usable_cores() // processes_on_this_node())
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads
+
+
+def _select_mkl_code_path():
+    if "MKL_DEBUG_CPU_TYPE" in os.environ or not _amd_with_avx2():
+        return
+    if not mkl_loaded():
+        os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+        return
+    warnings.warn("ppcls: Paddle's MKL was loaded before ppcls could set MKL_DEBUG_CPU_TYPE=5, so "
+                  "on this AMD CPU its matrix products take a slow generic path (dygraph "
+                  "convolutions about 2x slower). Import ppcls before running Paddle operations, "
+                  "or set MKL_DEBUG_CPU_TYPE=5 in the environment.", stacklevel=3)
+
+
+def mkl_loaded(maps="/proc/self/maps"):
+    """Whether this process has already loaded MKL (Paddle loads it on first use)."""
+    try:
+        with open(maps) as f:
+            return "libmklml" in f.read()
+    except OSError:
+        return False
 
 
 def processes_on_this_node(environ=os.environ):

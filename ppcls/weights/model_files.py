@@ -7,6 +7,7 @@ from ppcls.utils.errors import ConfigError
 
 MODEL_PREFIX = "inference"  # paddle.jit.save(model, <dir>/inference) writes the files below
 MODEL_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
+LEGACY_PROGRAM = "inference.pdmodel"  # what Paddle Inference's OpenVINO engine reads
 PARAMS_FILE = "inference.pdiparams"
 ONNX_FILE = "model.onnx"
 

@@ -45,6 +45,20 @@ def compiler_flags():
     return flags
 
 
+def link_flags():
+    """Link the kernel's OpenMP to the runtime Paddle's MKL uses (Intel's libiomp5, shipped
+    in Paddle's x86 wheels) so that both share one pool of threads. Linked to GNU's libgomp
+    instead, its threads and MKL's would spin-wait against each other after every operator:
+    on 2 cores MnasNet-B1 dygraph inference took 120-300 ms instead of 17 ms unless
+    GOMP_SPINCOUNT=0 was set before Paddle loaded. Builds without libiomp5 use libgomp."""
+    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
+    if os.path.isfile(os.path.join(libs, "libiomp5.so")):
+        # Listed first, so the kernel's GOMP_* calls bind to libiomp5's compatible entry
+        # points before the loader looks in libpaddle's libgomp.
+        return [f"-L{libs}", "-Wl,--no-as-needed", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
+    return ["-fopenmp"]
+
+
 def _build_directory(flags):
     with open(SOURCE, "rb") as f:
         key = hashlib.sha256(f.read() + paddle.__version__.encode()
@@ -58,15 +72,15 @@ def _build():
     """Compile (once per cache key; processes wait on a file lock) and load the op."""
     from paddle.utils.cpp_extension import load
 
-    flags = compiler_flags()
-    directory = _build_directory(flags)
+    flags, ldflags = compiler_flags(), link_flags()
+    directory = _build_directory(flags + ldflags)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of one job starting together build once
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No ccache found")
             return load(name="ppcls_depthwise_conv", sources=[SOURCE],
-                        extra_cxx_cflags=flags, extra_ldflags=["-fopenmp"],
+                        extra_cxx_cflags=flags, extra_ldflags=ldflags,
                         build_directory=directory, verbose=False)
 
 
