@@ -8,6 +8,7 @@ from ppcls.utils.errors import ConfigError
 MODEL_PREFIX = "inference"  # paddle.jit.save(model, <dir>/inference) writes the files below
 MODEL_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
 PARAMS_FILE = "inference.pdiparams"
+INFERENCE_CONFIG = "inference.yml"  # preprocessing and labels, PaddleClas's export_for_fd format
 ONNX_FILE = "inference.onnx"  # PaddleClas's name, loaded by Global.use_onnx
 LEGACY_ONNX_FILES = ("model.onnx",)  # written by tools/export_onnx.py before it used ONNX_FILE
 
