@@ -279,3 +279,27 @@ def test_benchmark_tool_writes_table_csv_and_plot(tmp_path):
     assert float(row["paddle_b1_ms"]) > 0 and float(row["onnxruntime_b2_ms"]) > 0
     assert float(row["published_top1"]) == 66.196
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
+
+
+def test_int8_models_mostly_agree_with_fp32(exported, tmp_path):
+    """deploy/slim/quant_post_static.py on the exported model: the Paddle INT8 model run with
+    oneDNN INT8 kernels and the ONNX Runtime QDQ model predict what the FP32 model predicts."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], model_dir)
+    overrides = digits_overrides(exported["digits"], tmp_path / "unused")
+    # a process of its own, as users run it: it needs Paddle's legacy programs from the start
+    quant = subprocess.run([sys.executable, "deploy/slim/quant_post_static.py", "-c", QUICK_START,
+                            "-o", f"Global.pretrained_model={exported['weights']}",
+                            "-o", f"Global.save_inference_dir={model_dir}", "--batch_size", "4",
+                            "--batch_nums", "3", *(a for o in overrides for a in ("-o", o))],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert quant.returncode == 0, quant.stderr[-3000:]
+    quant_dir = model_dir / "quant_post_static_model"
+    fp32 = run_predictor(exported, exported["images"], tmp_path / "fp32.json")
+    for extra in (["-o", "Global.use_int8=True"], ["-o", "Global.use_onnx=True", "-o", "Global.use_int8=True"]):
+        int8 = run_predictor(exported, exported["images"], tmp_path / "int8.json", extra=extra, model_dir=quant_dir)
+        agree = sum(a["class_ids"][0] == b["class_ids"][0] for a, b in zip(fp32, int8))
+        assert agree >= 4, (extra, fp32, int8)
+        np.testing.assert_allclose([r["scores"][0] for r in int8], [r["scores"][0] for r in fp32], atol=0.1)
+    # the quantized folder describes itself too, and an FP32 folder refuses use_int8
+    assert (quant_dir / "inference.yml").read_text() == (model_dir / "inference.yml").read_text()
