@@ -12,11 +12,13 @@ import random
 
 import numpy as np
 
+import yaml
+
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
 from ppcls.weights import find_model_files, find_onnx_file
-from ppcls.weights.model_files import LEGACY_PROGRAM
+from ppcls.weights.model_files import INFERENCE_CONFIG, LEGACY_PROGRAM
 
 # PaddleClas's inference keys (accepted even where they have no effect here) and ours.
 DEPLOY_DEFAULTS = {
@@ -24,8 +26,38 @@ DEPLOY_DEFAULTS = {
     "use_gpu": False, "enable_mkldnn": True, "use_openvino": True, "cpu_num_threads": 2, "benchmark": False,
     "enable_benchmark": False, "use_fp16": False, "use_int8": False, "ir_optim": True,
     "use_tensorrt": False, "gpu_mem": 8000, "enable_profile": False, "min_subgraph_size": 15,
-    "save_path": None, "save_log_path": None,
+    "save_path": None, "save_log_path": None, "use_onnx": False,
 }
+
+def apply_inference_config(config, where):
+    """Completes a deploy config from the `inference.yml` that export wrote beside the model:
+    its PreProcess.transform_ops unless the deploy config gives its own, and its PostProcess
+    entries under the deploy config's (an explicit value wins; an explicit class_id_map_file
+    replaces the exported label_list)."""
+    path = os.path.join(config["Global"]["inference_model_dir"], INFERENCE_CONFIG)
+    exported = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            exported = yaml.safe_load(f) or {}
+    if not (config.get("PreProcess") or {}).get("transform_ops"):
+        ops = (exported.get("PreProcess") or {}).get("transform_ops")
+        if not ops:
+            raise ConfigError(f"{where}: no PreProcess.transform_ops, and {path} does not exist "
+                              "to supply them: re-export the model with tools/export_model.py "
+                              "or add PreProcess.transform_ops to the deploy config")
+        config["PreProcess"] = {**(config.get("PreProcess") or {}), "transform_ops": ops}
+    post = {name: dict(args or {}) for name, args in (exported.get("PostProcess") or {}).items()}
+    for name, args in (config.get("PostProcess") or {}).items():
+        if name == "main_indicator" or not isinstance(args, dict):
+            post[name] = args
+            continue
+        merged = {**post.get(name, {}), **args}
+        if "class_id_map_file" in args:
+            merged.pop("label_list", None)
+        post[name] = merged
+    config["PostProcess"] = post or None
+    return config
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -135,6 +167,14 @@ def paddle_runner(g):
             config.enable_mkldnn()
             if g["use_fp16"]:
                 config.enable_mkldnn_bfloat16()
+            if g["use_int8"]:  # the quantized ops' scales turn into oneDNN INT8 kernels
+                config.enable_mkldnn_int8()
+        elif g["use_int8"]:
+            raise ConfigError("Global.use_int8 on CPU runs through oneDNN: set "
+                              "-o Global.enable_mkldnn=True")
+    check_int8(model_file, g["use_int8"])
+    if g["enable_profile"]:
+        config.enable_profile()  # Paddle prints its operator profile when the predictor ends
     config.switch_ir_optim(bool(g["ir_optim"]))
     config.disable_glog_info()
     predictor = inference.create_predictor(config)
@@ -208,20 +248,30 @@ def _configure_gpu(config, g):
                           "-o Global.use_gpu=False or install paddlepaddle-gpu")
     config.enable_use_gpu(int(g["gpu_mem"]), 0)
     if g["use_tensorrt"]:
-        precision = inference.PrecisionType.Half if g["use_fp16"] else inference.PrecisionType.Float32
+        precision = (inference.PrecisionType.Int8 if g["use_int8"] else
+                     inference.PrecisionType.Half if g["use_fp16"] else inference.PrecisionType.Float32)
+        # use_calib_mode=False: an INT8 model carries its scales from quant_post_static.py
         config.enable_tensorrt_engine(precision_mode=precision, max_batch_size=int(g["batch_size"]),
-                                      min_subgraph_size=int(g["min_subgraph_size"]))
+                                      min_subgraph_size=int(g["min_subgraph_size"]),
+                                      use_calib_mode=False)
+    elif g["use_int8"]:
+        raise ConfigError("Global.use_int8 on a GPU runs through TensorRT: set "
+                          "-o Global.use_tensorrt=True")
 
 
 def onnxruntime_runner(g):
     import onnxruntime
 
     path = find_onnx_file(g["inference_model_dir"])
+    check_int8(path, g["use_int8"])
     options = onnxruntime.SessionOptions()
     # ONNX Runtime at its fastest for one model on one machine: all graph optimisations
     # (its default, stated), the operators in sequence, and every thread inside them.
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    if g["enable_profile"]:  # ONNX Runtime writes a chrome-trace JSON and logs its name
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(g["inference_model_dir"], "onnxruntime_profile")
     options.intra_op_num_threads = int(g["cpu_num_threads"])
     options.log_severity_level = 3  # paddle2onnx leaves unused initializers; not worth a warning
     providers = (["CUDAExecutionProvider"] if g["use_gpu"] else []) + ["CPUExecutionProvider"]
@@ -234,4 +284,35 @@ def onnxruntime_runner(g):
     return run_batch
 
 
+def is_int8_model(model_file):
+    """True for the output of deploy/slim/quant_post_static.py: Paddle programs with
+    quantize ops, ONNX models with QuantizeLinear nodes (the op names are in the file)."""
+    with open(model_file, "rb") as f:
+        data = f.read()
+    return b"QuantizeLinear" in data or b"quantize_linear" in data or b"fake_quantize" in data \
+        or b"fake_channel_wise" in data
+
+
+def check_int8(model_file, use_int8):
+    """use_int8 needs a quantized model; a quantized model without use_int8 still runs
+    (ONNX Runtime always in INT8; Paddle simulating it in float32, slowly), so that is a warning."""
+    quantized = is_int8_model(model_file)
+    if use_int8 and not quantized:
+        raise ConfigError(f"Global.use_int8 is True but {model_file} is not quantized: point "
+                          "Global.inference_model_dir at the quant_post_static_model folder that "
+                          "deploy/slim/quant_post_static.py writes")
+    if quantized and not use_int8 and model_file.endswith((".pdmodel", ".json")):
+        logger.warning(f"{model_file} is INT8-quantized: set -o Global.use_int8=True to run it "
+                       "with oneDNN INT8 kernels (without it, it runs slower than the FP32 model)")
+
+
 RUNNERS = {"paddle": paddle_runner, "onnxruntime": onnxruntime_runner}
+
+
+def backend_of(g):
+    """The backend a deploy config's Global section asks for: PaddleClas's `use_onnx: True`
+    (load <inference_model_dir>/inference.onnx) is our `backend: onnxruntime`."""
+    backend = "onnxruntime" if g.get("use_onnx") else g["backend"]
+    if backend not in RUNNERS:
+        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {backend!r}")
+    return backend

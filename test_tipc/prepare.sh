@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 source test_tipc/common_func.sh
 FILENAME=$1
 MODE=$2
+# the PTQ chain (test_ptq_inference_python.sh) runs on whole_infer's data and weights
+if [ "$MODE" = "klquant_whole_infer" ]; then MODE=whole_infer; fi
 MODES="lite_train_lite_infer lite_train_whole_infer whole_infer whole_train_whole_infer"
 if [ -z "$FILENAME" ] || [[ " $MODES " != *" $MODE "* ]]; then
     echo "usage: bash test_tipc/prepare.sh CONFIG.txt {${MODES// /|}}" >&2

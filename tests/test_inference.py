@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import paddle
 import pytest
+import yaml
 
 from conftest import QUICK_START, ROOT, digits_overrides
 from ppcls.engine.engine import Engine
@@ -32,7 +33,8 @@ def exported(digits, tmp_path_factory):
     overrides = digits_overrides(digits, root / "train", epochs=2, extra=["Global.eval_during_train=False"])
     Engine(get_config(QUICK_START, overrides), "train").train()
     weights = root / "train" / "MnasNet_B1_x0_5" / "latest"
-    config = get_config(QUICK_START, overrides + [f"Global.pretrained_model={weights}"])
+    config = get_config(QUICK_START, overrides + [f"Global.pretrained_model={weights}",
+                                                  f"Infer.PostProcess.class_id_map_file={digits}/label_list.txt"])
     export_inference_model(config, str(root / "inference"))
     export_onnx(str(root / "inference"))
     images = root / "images"
@@ -54,14 +56,13 @@ def run_infer(exported, images, save_path, batch_size=2):
     return json.load(open(save_path))
 
 
-def run_predictor(exported, images, save_path, backend="paddle", batch_size=2, extra=()):
-    labels = exported["digits"] / "label_list.txt"
+def run_predictor(exported, images, save_path, backend="paddle", batch_size=2, extra=(), model_dir=None):
+    """The deploy config names no labels and no transforms: inference.yml supplies them."""
     predict_cls.main(predict_cls.parse_args([
-        "-c", DEPLOY_CONFIG, "-o", f"Global.inference_model_dir={exported['model_dir']}",
+        "-c", DEPLOY_CONFIG, "-o", f"Global.inference_model_dir={model_dir or exported['model_dir']}",
         "-o", f"Global.infer_imgs={images}", "-o", f"Global.batch_size={batch_size}",
         "-o", f"Global.save_path={save_path}", "-o", f"Global.backend={backend}",
-        "-o", f"PostProcess.Topk.class_id_map_file={labels}", "-o", "PostProcess.Topk.topk=5",
-        *extra]))
+        "-o", "PostProcess.Topk.topk=5", *extra]))
     return json.load(open(save_path))
 
 
@@ -83,7 +84,7 @@ def test_predictor_agrees_with_dygraph(exported, tmp_path, backend, extra, toler
     deployed = run_predictor(exported, exported["images"], tmp_path / "pi.json", backend, extra=extra)
     assert [r["file_name"] for r in deployed] == [r["file_name"] for r in dygraph]
     for a, b in zip(dygraph, deployed):
-        assert a["class_ids"] == b["class_ids"]
+        assert a["class_ids"] == b["class_ids"] and a["label_names"] == b["label_names"]
         np.testing.assert_allclose(a["scores"], b["scores"], atol=tolerance + 1e-5)  # + rounding
 
 
@@ -150,21 +151,121 @@ def test_predictor_rejects_unknown_keys_and_incomplete_models(exported, tmp_path
     with pytest.raises(ConfigError, match=r"Global: unknown key 'use_gpus' \(did you mean "
                                           r"'use_gpu'\?\)"):
         run_predictor(exported, exported["images"], tmp_path / "r.json", extra=["-o", "Global.use_gpus=False"])
-    for key, value in (("use_int8", "True"), ("enable_profile", "True"), ("save_log_path", "x")):
-        with pytest.raises(ConfigError, match=f"Global.{key}: .* is not supported here"):
-            run_predictor(exported, exported["images"], tmp_path / "r.json",
-                          extra=["-o", f"Global.{key}={value}"])
-    with pytest.raises(ConfigError, match="PostProcess.SavePreLabel is not supported here"):
+    with pytest.raises(ConfigError, match=r"PostProcess.SavePreLabe: unknown post-process 'SavePreLabe' "
+                                          r"\(did you mean 'SavePreLabel'\?\)"):
         run_predictor(exported, exported["images"], tmp_path / "r.json",
-                      extra=["-o", "PostProcess.SavePreLabel.save_dir=./pre_label"])
+                      extra=["-o", "PostProcess.SavePreLabe.save_dir=./pre_label"])
+    with pytest.raises(ConfigError, match="Global.use_int8 is True but .* is not quantized"):
+        run_predictor(exported, exported["images"], tmp_path / "r.json", extra=["-o", "Global.use_int8=True"])
+    with pytest.raises(ConfigError, match="save_log_path receives the benchmark figures"):
+        run_predictor(exported, exported["images"], tmp_path / "r.json", extra=["-o", "Global.save_log_path=x.log"])
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     shutil.copy(exported["model_dir"] / "inference.pdiparams", incomplete)
     with pytest.raises(ConfigError, match="missing inference.json or inference.pdmodel"):
         predict_cls.RUNNERS["paddle"]({**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(incomplete)})
-    with pytest.raises(ConfigError, match="model.onnx not found: create it with tools/export_onnx.py"):
+    with pytest.raises(ConfigError, match="inference.onnx not found: create it with tools/export_onnx.py"):
         predict_cls.RUNNERS["onnxruntime"]({**predict_cls.DEPLOY_DEFAULTS,
                                             "inference_model_dir": str(incomplete)})
+
+
+def test_use_onnx_loads_inference_onnx_and_old_model_onnx_still_loads(exported, tmp_path):
+    """PaddleClas's Global.use_onnx reads <inference_model_dir>/inference.onnx (the name
+    tools/export_onnx.py writes); a folder converted before that, with model.onnx, still loads."""
+    assert (exported["model_dir"] / "inference.onnx").is_file()
+    paddle_results = run_predictor(exported, exported["images"], tmp_path / "pi.json")
+    onnx_results = run_predictor(exported, exported["images"], tmp_path / "ort.json",
+                                 extra=["-o", "Global.use_onnx=True"])
+    assert [r["class_ids"] for r in onnx_results] == [r["class_ids"] for r in paddle_results]
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(exported["model_dir"] / "inference.onnx", old / "model.onnx")
+    run_batch = predict_cls.RUNNERS["onnxruntime"]({**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(old)})
+    assert run_batch(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
+
+
+def test_inference_yml_describes_preprocessing_and_labels(exported):
+    described = yaml.safe_load(open(exported["model_dir"] / "inference.yml"))
+    assert described["Global"] == {"model_name": "MnasNet_B1_x0_5"}
+    ops = described["PreProcess"]["transform_ops"]
+    assert [next(iter(op)) for op in ops] == ["NormalizeImage", "ToCHWImage"]  # decoding is the predictor's
+    assert ops[0]["NormalizeImage"]["scale"] == pytest.approx(1 / 255)  # a number, as PaddleClas writes it
+    assert described["PostProcess"]["Topk"]["label_list"] == [f"digit {i}" for i in range(10)]
+
+
+def test_explicit_deploy_values_win_over_inference_yml(exported, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{i} number {i}\n" for i in range(10)))
+    explicit = run_predictor(exported, exported["images"], tmp_path / "b.json",
+                             extra=["-o", f"PostProcess.Topk.class_id_map_file={labels}"])
+    assert all(r["label_names"][0] == f"number {r['class_ids'][0]}" for r in explicit)
+    from ppcls.inference import apply_inference_config
+
+    own_ops = [{"ResizeImage": {"size": 16}}, {"ToCHWImage": None}]
+    merged = apply_inference_config({"Global": {"inference_model_dir": str(exported["model_dir"])},
+                                     "PreProcess": {"transform_ops": own_ops},
+                                     "PostProcess": {"Topk": {"topk": 2}}}, "deploy.yaml")
+    assert merged["PreProcess"]["transform_ops"] == own_ops
+    assert merged["PostProcess"]["Topk"]["topk"] == 2 and len(merged["PostProcess"]["Topk"]["label_list"]) == 10
+
+
+def test_label_list_of_another_length_is_one_clear_error(exported, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], model_dir)
+    described = yaml.safe_load(open(model_dir / "inference.yml"))
+    described["PostProcess"]["Topk"]["label_list"] = described["PostProcess"]["Topk"]["label_list"][:9]
+    yaml.safe_dump(described, open(model_dir / "inference.yml", "w"))
+    with pytest.raises(ConfigError, match="PostProcess.Topk.label_list names 9 classes but the model outputs 10"):
+        run_predictor(exported, exported["images"], tmp_path / "r.json", model_dir=model_dir)
+    (model_dir / "inference.yml").unlink()
+    with pytest.raises(ConfigError, match="no PreProcess.transform_ops, and .*inference.yml does not exist"):
+        run_predictor(exported, exported["images"], tmp_path / "r.json", model_dir=model_dir)
+
+
+def test_save_pre_label_copies_each_image_into_its_predicted_class(exported, tmp_path):
+    save_dir = tmp_path / "pre_label"
+    results = run_predictor(exported, exported["images"], tmp_path / "r.json",
+                            extra=["-o", f"PostProcess.SavePreLabel.save_dir={save_dir}"])
+    copied = sorted((p.parent.name, p.name) for p in save_dir.glob("*/*"))
+    assert copied == sorted((str(r["class_ids"][0]), os.path.basename(r["file_name"])) for r in results)
+
+
+def test_thresh_output_follows_paddleclas():
+    from ppcls.data.postprocess import ThreshOutput
+
+    binary = ThreshOutput(threshold=0.7, label_0="cat", label_1="dog")
+    below, above = binary(np.array([[0.4, 0.6], [0.2, 0.8]]), ["a", "b"])
+    assert (below["class_ids"], below["label_names"], below["scores"]) == ([0], ["cat"], [0.4])
+    assert (above["class_ids"], above["label_names"], above["scores"]) == ([1], ["dog"], [0.8])
+    multi = ThreshOutput(threshold=0.5, default_label_index=2)
+    sure, unsure = multi(np.array([[0.1, 0.8, 0.1], [0.3, 0.45, 0.25]]), ["a", "b"])
+    assert sure["class_ids"] == [1] and unsure["class_ids"] == [2] and unsure["scores"] == [0.25]
+
+
+def test_thresh_output_as_main_indicator_in_the_predictor(exported, tmp_path):
+    results = run_predictor(exported, exported["images"], tmp_path / "r.json",
+                            extra=["-o", "PostProcess.main_indicator=ThreshOutput",
+                                   "-o", "PostProcess.ThreshOutput.threshold=1.1",
+                                   "-o", "PostProcess.ThreshOutput.default_label_index=7"])
+    assert [r["class_ids"] for r in results] == [[7]] * 5  # no probability exceeds 1.1
+
+
+def test_threads_above_the_cores_warn_once(exported, tmp_path, capsys):
+    from ppcls.utils.threads import usable_cores
+
+    run_predictor(exported, exported["images"], tmp_path / "r.json",
+                  extra=["-o", f"Global.cpu_num_threads={usable_cores() + 1}"])
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("Global.cpu_num_threads is") == 1
+
+
+def test_save_log_path_gets_the_benchmark_line_and_profile_runs(exported, tmp_path, capsys):
+    log = tmp_path / "logs" / "bench.log"
+    run_predictor(exported, exported["images"], tmp_path / "r.json",
+                  extra=["-o", "Global.benchmark=True", "-o", f"Global.save_log_path={log}",
+                         "-o", "Global.use_onnx=True", "-o", "Global.enable_profile=True"])
+    assert "benchmark (onnxruntime, fp32, batch 2" in log.read_text()
+    assert list(exported["model_dir"].glob("onnxruntime_profile*.json"))
 
 
 def test_deployed_predictor_does_not_import_the_training_engine():
@@ -177,7 +278,7 @@ def test_deployed_predictor_does_not_import_the_training_engine():
 def test_benchmark_prints_stage_timings(exported, tmp_path, capsys):
     run_predictor(exported, exported["images"], tmp_path / "r.json", extra=["-o", "Global.benchmark=True"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("benchmark (paddle, batch 2") and "inference" in line
+    assert line.startswith("benchmark (paddle, fp32, batch 2") and "inference" in line
     inference_ms = float(line.split("inference ")[1].split(" ms")[0])
     assert inference_ms > 0
 
@@ -216,3 +317,27 @@ def test_benchmark_tool_writes_table_csv_and_plot(tmp_path):
     assert float(row["floor_b2_ms"]) == pytest.approx(2 * float(row["floor_b1_ms"]))
     assert float(row["published_top1"]) == 66.196
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
+
+
+def test_int8_models_mostly_agree_with_fp32(exported, tmp_path):
+    """deploy/slim/quant_post_static.py on the exported model: the Paddle INT8 model run with
+    oneDNN INT8 kernels and the ONNX Runtime QDQ model predict what the FP32 model predicts."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], model_dir)
+    overrides = digits_overrides(exported["digits"], tmp_path / "unused")
+    # a process of its own, as users run it: it needs Paddle's legacy programs from the start
+    quant = subprocess.run([sys.executable, "deploy/slim/quant_post_static.py", "-c", QUICK_START,
+                            "-o", f"Global.pretrained_model={exported['weights']}",
+                            "-o", f"Global.save_inference_dir={model_dir}", "--batch_size", "4",
+                            "--batch_nums", "3", *(a for o in overrides for a in ("-o", o))],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert quant.returncode == 0, quant.stderr[-3000:]
+    quant_dir = model_dir / "quant_post_static_model"
+    fp32 = run_predictor(exported, exported["images"], tmp_path / "fp32.json")
+    for extra in (["-o", "Global.use_int8=True"], ["-o", "Global.use_onnx=True", "-o", "Global.use_int8=True"]):
+        int8 = run_predictor(exported, exported["images"], tmp_path / "int8.json", extra=extra, model_dir=quant_dir)
+        agree = sum(a["class_ids"][0] == b["class_ids"][0] for a, b in zip(fp32, int8))
+        assert agree >= 4, (extra, fp32, int8)
+        np.testing.assert_allclose([r["scores"][0] for r in int8], [r["scores"][0] for r in fp32], atol=0.1)
+    # the quantized folder describes itself too, and an FP32 folder refuses use_int8
+    assert (quant_dir / "inference.yml").read_text() == (model_dir / "inference.yml").read_text()

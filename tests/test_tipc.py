@@ -91,3 +91,24 @@ def test_amp_chain_and_a_missing_interpreter_are_named_on_cpu(lite_data, tmp_pat
     assert len(skips) == 2  # gpu_list 0 and 0,1
     assert "-o AMP.use_amp=True" in skips[0] and "-o AMP.level=O2" in skips[0]
     assert "TIPC: 0 passed, 0 failed" in proc.stdout
+
+
+PTQ_B1_X0_5 = os.path.join(ROOT, "test_tipc", "configs", "MnasNet", "MnasNet_B1_x0_5_train_ptq_infer_python.txt")
+
+
+def test_ptq_chain_quantizes_and_predicts_in_int8(tmp_path):
+    """PaddleClas's PTQ chain (klquant_whole_infer) on B1 x0.5, cut to one CPU setting: export,
+    deploy/slim/quant_post_static.py, the predictor with oneDNN INT8, ONNX Runtime QDQ."""
+    text = open(PTQ_B1_X0_5).read().replace("-o Global.enable_mkldnn:True|False", "-o Global.enable_mkldnn:True")
+    text = text.replace("model_name:MnasNet_B1_x0_5", "model_name:tipc_ptq_check").replace("python:python", "python:python3.7")
+    config = tmp_path / "ptq.txt"
+    config.write_text(text)
+    assert bash("test_tipc/prepare.sh", str(config), "klquant_whole_infer").returncode == 0
+    proc = bash("test_tipc/test_ptq_inference_python.sh", str(config), "klquant_whole_infer")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "TIPC: 4 passed, 0 failed" in proc.stdout  # export, kl_quant, paddle int8, onnxruntime qdq
+    log = results("tipc_ptq_check", "klquant_whole_infer")
+    assert "-o Global.enable_mkldnn=True -o Global.use_int8=True" in log
+    assert "Skipped (use_gpu=True needs a GPU)" in log
+    out = os.path.join(ROOT, "test_tipc", "output", "tipc_ptq_check", "klquant_whole_infer")
+    assert os.path.isfile(os.path.join(out, "MnasNet_B1_x0_5_infer", "quant_post_static_model", "inference.pdmodel"))

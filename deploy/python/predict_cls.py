@@ -2,7 +2,8 @@
 
     python deploy/python/predict_cls.py -c deploy/configs/inference_cls.yaml \
         -o Global.inference_model_dir=./inference -o Global.infer_imgs=demo/
-    ... -o Global.backend=onnxruntime        (after tools/export_onnx.py)
+    ... -o Global.use_onnx=True              (inference.onnx, after tools/export_onnx.py;
+                                              Global.backend=onnxruntime is the same)
     ... -o Global.benchmark=True             (per-image preprocess/inference/postprocess ms)
 """
 
@@ -12,26 +13,21 @@ import sys
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
+from ppcls.utils.threads import set_default_threads, usable_cores  # noqa: E402
 
 set_default_threads()  # before Paddle is imported
 
 import numpy as np  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
-from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, list_images, predict_files,  # noqa: E402
-                             print_results, save_results)
+from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, apply_inference_config,  # noqa: E402
+                             backend_of, list_images, predict_files, print_results, save_results)
+from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import load_yaml, apply_override, parse_override, parse_args  # noqa: E402
 from ppcls.utils.errors import ConfigError, unknown  # noqa: E402
 
 SECTIONS = ("Global", "PreProcess", "PostProcess")
-# PaddleClas deploy keys accepted only with their default value here.
-NOT_IMPLEMENTED = {
-    "use_int8": "INT8 inference is not implemented yet",
-    "enable_profile": "Paddle Inference's profiler is not wired in",
-    "save_log_path": "the benchmark prints its figures; results go to save_path",
-}
 
 
 def load_config(path, overrides):
@@ -44,14 +40,17 @@ def load_config(path, overrides):
     for key, value in (config.get("Global") or {}).items():
         if key not in DEPLOY_DEFAULTS:
             raise ConfigError(f"{path}: Global: {unknown('key', key, list(DEPLOY_DEFAULTS))}")
-        if key in NOT_IMPLEMENTED and value != DEPLOY_DEFAULTS[key]:
-            raise ConfigError(f"{path}: Global.{key}: {value!r} is not supported here "
-                              f"({NOT_IMPLEMENTED[key]})")
-    config["Global"] = {**DEPLOY_DEFAULTS, **(config.get("Global") or {})}
+    config["Global"] = g = {**DEPLOY_DEFAULTS, **(config.get("Global") or {})}
     for key in ("infer_imgs", "inference_model_dir"):
-        if not config["Global"][key]:
+        if not g[key]:
             raise ConfigError(f"Global.{key} is not set")
-    return config
+    if not g["use_gpu"] and int(g["cpu_num_threads"]) > usable_cores():
+        logger.warning(f"Global.cpu_num_threads is {g['cpu_num_threads']} but this process may use "
+                       f"{usable_cores()} cores: more threads than cores slow inference down")
+    if g["save_log_path"] and not (g["benchmark"] or g["enable_benchmark"]):
+        raise ConfigError("Global.save_log_path receives the benchmark figures: set "
+                          "-o Global.benchmark=True too, or remove save_log_path")
+    return apply_inference_config(config, path)
 
 
 def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, repeats=20):
@@ -75,9 +74,8 @@ def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, r
 def main(args):
     config = load_config(args.config, args.override)
     g = config["Global"]
-    if g["backend"] not in RUNNERS:
-        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {g['backend']!r}")
-    run_batch = RUNNERS[g["backend"]](g)
+    backend = backend_of(g)
+    run_batch = RUNNERS[backend](g)
     preprocess = Preprocessor((config.get("PreProcess") or {}).get("transform_ops"),
                               "PreProcess.transform_ops")
     postprocess = build_postprocess(config.get("PostProcess"), "PostProcess")
@@ -89,10 +87,16 @@ def main(args):
     if g["benchmark"] or g["enable_benchmark"]:
         readable = [f for f, r in zip(files, results) if "error" not in r]
         ms = benchmark(readable, preprocess, run_batch, postprocess, int(g["batch_size"]))
-        print(f"benchmark ({g['backend']}, batch {g['batch_size']}, "
-              f"{g['cpu_num_threads']} threads): preprocess {ms['preprocess']:.3f} ms, "
-              f"inference {ms['inference']:.3f} ms, postprocess {ms['postprocess']:.3f} ms per image "
-              "(median of 20 runs after 5 warm-up runs)")
+        precision = "int8" if g["use_int8"] else "fp16" if g["use_fp16"] else "fp32"
+        line = (f"benchmark ({backend}, {precision}, batch {g['batch_size']}, "
+                f"{g['cpu_num_threads']} threads): preprocess {ms['preprocess']:.3f} ms, "
+                f"inference {ms['inference']:.3f} ms, postprocess {ms['postprocess']:.3f} ms per image "
+                "(median of 20 runs after 5 warm-up runs)")
+        print(line)
+        if g["save_log_path"]:
+            os.makedirs(os.path.dirname(os.path.abspath(g["save_log_path"])), exist_ok=True)
+            with open(g["save_log_path"], "a") as f:
+                f.write(f"{os.path.abspath(g['inference_model_dir'])}: {line}\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Export for deployment: the network with a softmax on top, saved by `paddle.jit.save`
-with a dynamic batch dimension and the input shape of `Global.image_shape`.
+with a dynamic batch dimension and the input shape of `Global.image_shape`, and beside it
+`inference.yml` (PaddleClas's `export_for_fd` format) describing the preprocessing and the
+labels the model needs, so a predictor does not depend on a hand-kept deploy config.
 
 Two programs share one parameter file: `inference.json` (PIR, Paddle 3's format, read by
 paddle2onnx and by Paddle Inference's oneDNN and GPU paths) and `inference.pdmodel` (the
@@ -9,18 +11,21 @@ cores in about 4 ms where oneDNN needs about 7 ms (log/benchmark).
 """
 
 import contextlib
+import copy
 import filecmp
 import os
 import tempfile
 
 import paddle
 import paddle.nn.functional as F
+import yaml
 
 from ppcls.arch import build_model
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
 from ppcls.weights import load_weights
-from ppcls.weights.model_files import MODEL_PREFIX, PARAMS_FILE, find_model_files
+from ppcls.weights.model_files import INFERENCE_CONFIG, MODEL_PREFIX, PARAMS_FILE, find_model_files
+from ppcls.weights.pretrained import eval_transform_ops_for
 
 
 class InferenceModel(paddle.nn.Layer):
@@ -52,11 +57,13 @@ def export_inference_model(config, save_dir):
     shape = config["Global"]["image_shape"]
     if len(shape) != 3:
         raise ConfigError(f"Global.image_shape must be [C, H, W], got {shape}")
-    model = InferenceModel(build_inference_network(config))
+    network = build_inference_network(config)
+    model = InferenceModel(network)
     model.eval()
     spec = paddle.static.InputSpec([None] + list(shape), "float32", name="x")
     paddle.jit.save(model, os.path.join(save_dir, MODEL_PREFIX), input_spec=[spec])
     save_legacy_program(model, spec, save_dir)
+    write_inference_config(inference_config(config, network), save_dir)
     return find_model_files(save_dir)
 
 
@@ -101,3 +108,65 @@ def _legacy_sigmoid():
         yield
     finally:
         F.sigmoid = original
+
+
+def write_inference_config(description, save_dir):
+    with open(os.path.join(save_dir, INFERENCE_CONFIG), "w") as f:
+        yaml.safe_dump(description, f, sort_keys=False, allow_unicode=True)
+
+
+def inference_config(config, network):
+    """PaddleClas's inference.yml: Global.model_name, PreProcess.transform_ops (decoding
+    left to the predictor, as in PaddleClas) and PostProcess.Topk with its label_list."""
+    infer = config.get("Infer") or {}
+    configured, where = infer.get("transforms"), "Infer.transforms"
+    eval_ops = (((config.get("DataLoader") or {}).get("Eval") or {}).get("dataset") or {}).get("transform_ops")
+    if not configured and eval_ops:  # no Infer transforms: the eval loader's, then HWC -> CHW
+        configured, where = list(eval_ops) + [{"ToCHWImage": None}], "DataLoader.Eval.dataset.transform_ops"
+    # torchvision/timm weights need their source's eval transform, not the config's
+    ops = eval_transform_ops_for(network, configured, where)
+    description = {"Global": {"model_name": config["Arch"]["name"]}}
+    if ops:
+        ops = [_portable(op) for op in copy.deepcopy(ops)]
+        description["PreProcess"] = {"transform_ops": [op for op in ops if op is not None]}
+    else:
+        logger.warning(f"the config has neither Infer.transforms nor DataLoader.Eval transforms: "
+                       f"{INFERENCE_CONFIG} describes no preprocessing")
+    topk = {"topk": int((infer.get("PostProcess") or {}).get("topk", 5))}
+    labels = label_list(infer, config["Arch"].get("class_num", 1000))
+    if labels is not None:
+        topk["label_list"] = labels
+    description["PostProcess"] = {"Topk": topk}
+    return description
+
+
+def _portable(op):
+    """The op as other readers of inference.yml expect it: a plain DecodeImage is dropped
+    (the predictor decodes to RGB itself) and NormalizeImage.scale is a number."""
+    (name, args), = op.items()
+    args = dict(args or {})
+    if name == "DecodeImage" and set(args.items()) <= {("to_rgb", True), ("channel_first", False)}:
+        return None
+    if name == "NormalizeImage":
+        if isinstance(args.get("scale"), str):
+            numerator, _, denominator = args["scale"].partition("/")
+            args["scale"] = float(numerator) / float(denominator or 1)
+        args.setdefault("channel_num", 3)
+    return {name: args or None}
+
+
+def label_list(infer, class_num):
+    """Names by class id from Infer.PostProcess.class_id_map_file; None (with a warning)
+    when there is no such file, an error when it does not name class_num classes."""
+    from ppcls.data.postprocess import read_class_id_map
+
+    path = (infer.get("PostProcess") or {}).get("class_id_map_file")
+    if not path or not os.path.isfile(path):
+        logger.warning(f"Infer.PostProcess.class_id_map_file {path!r} not found: "
+                       f"{INFERENCE_CONFIG} gets no label_list")
+        return None
+    names = read_class_id_map(path)
+    if sorted(names) != list(range(class_num)):
+        raise ConfigError(f"{path}: names {len(names)} class ids but Arch.class_num is "
+                          f"{class_num}: give one line per class id 0..{class_num - 1}")
+    return [names[i] for i in range(class_num)]
