@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helpers shared by the TIPC scripts. A TIPC config (test_tipc/config/*/*_train_infer_python.txt)
+# Helpers shared by the TIPC scripts. A TIPC config (test_tipc/configs/*/*_train_infer_python.txt)
 # is PaddleClas's line format: "key:value" lines grouped in sections headed "===...xxx_params===".
 # Keys are looked up by name within a section, so lines may move without breaking anything.
 

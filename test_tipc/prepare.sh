@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a TIPC mode: data made locally from real photos (no downloads), and for whole_infer
 # weights (the config's pretrained_model_url when it is a local file, else trained here).
-#   bash test_tipc/prepare.sh test_tipc/config/MnasNet/MnasNet_B1_x1_0_train_infer_python.txt lite_train_lite_infer
+#   bash test_tipc/prepare.sh test_tipc/configs/MnasNet/MnasNet_B1_x1_0_train_infer_python.txt lite_train_lite_infer
 set -eo pipefail
 cd "$(dirname "$0")/.."
 source test_tipc/common_func.sh

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 
-B1_X0_5 = os.path.join(ROOT, "test_tipc", "config", "MnasNet", "MnasNet_B1_x0_5_train_infer_python.txt")
+B1_X0_5 = os.path.join(ROOT, "test_tipc", "configs", "MnasNet", "MnasNet_B1_x0_5_train_infer_python.txt")
 
 
 def small_config(tmp_path, text, name):
@@ -70,7 +70,7 @@ def test_paddleclas_written_config_runs_with_our_model_name(lite_data, tmp_path)
     assert "Skipped (use_fp16=True runs on GPUs here)" in log
 
 
-AMP_CHAIN = os.path.join(ROOT, "test_tipc", "config", "MnasNet",
+AMP_CHAIN = os.path.join(ROOT, "test_tipc", "configs", "MnasNet",
                          "MnasNet_B1_x0_5_train_amp_infer_python.txt")
 
 
