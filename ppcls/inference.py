@@ -22,7 +22,7 @@ DEPLOY_DEFAULTS = {
     "use_gpu": False, "enable_mkldnn": True, "cpu_num_threads": 2, "benchmark": False,
     "enable_benchmark": False, "use_fp16": False, "use_int8": False, "ir_optim": True,
     "use_tensorrt": False, "gpu_mem": 8000, "enable_profile": False, "min_subgraph_size": 15,
-    "save_path": None, "save_log_path": None,
+    "save_path": None, "save_log_path": None, "use_onnx": False,
 }
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -164,3 +164,12 @@ def onnxruntime_runner(g):
 
 
 RUNNERS = {"paddle": paddle_runner, "onnxruntime": onnxruntime_runner}
+
+
+def backend_of(g):
+    """The backend a deploy config's Global section asks for: PaddleClas's `use_onnx: True`
+    (load <inference_model_dir>/inference.onnx) is our `backend: onnxruntime`."""
+    backend = "onnxruntime" if g.get("use_onnx") else g["backend"]
+    if backend not in RUNNERS:
+        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {backend!r}")
+    return backend

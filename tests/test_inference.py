@@ -126,9 +126,24 @@ def test_predictor_rejects_unknown_keys_and_incomplete_models(exported, tmp_path
     shutil.copy(exported["model_dir"] / "inference.pdiparams", incomplete)
     with pytest.raises(ConfigError, match="missing inference.json or inference.pdmodel"):
         predict_cls.RUNNERS["paddle"]({**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(incomplete)})
-    with pytest.raises(ConfigError, match="model.onnx not found: create it with tools/export_onnx.py"):
+    with pytest.raises(ConfigError, match="inference.onnx not found: create it with tools/export_onnx.py"):
         predict_cls.RUNNERS["onnxruntime"]({**predict_cls.DEPLOY_DEFAULTS,
                                             "inference_model_dir": str(incomplete)})
+
+
+def test_use_onnx_loads_inference_onnx_and_old_model_onnx_still_loads(exported, tmp_path):
+    """PaddleClas's Global.use_onnx reads <inference_model_dir>/inference.onnx (the name
+    tools/export_onnx.py writes); a folder converted before that, with model.onnx, still loads."""
+    assert (exported["model_dir"] / "inference.onnx").is_file()
+    paddle_results = run_predictor(exported, exported["images"], tmp_path / "pi.json")
+    onnx_results = run_predictor(exported, exported["images"], tmp_path / "ort.json",
+                                 extra=["-o", "Global.use_onnx=True"])
+    assert [r["class_ids"] for r in onnx_results] == [r["class_ids"] for r in paddle_results]
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(exported["model_dir"] / "inference.onnx", old / "model.onnx")
+    run_batch = predict_cls.RUNNERS["onnxruntime"]({**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(old)})
+    assert run_batch(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)
 
 
 def test_deployed_predictor_does_not_import_the_training_engine():

@@ -1,6 +1,6 @@
 """Convert an exported Paddle inference model to ONNX with paddle2onnx.
 
-    python tools/export_onnx.py --model_dir ./inference [--save_file ./inference/model.onnx]
+    python tools/export_onnx.py --model_dir ./inference [--save_file ./inference/inference.onnx]
 """
 
 import argparse
@@ -26,7 +26,7 @@ def export_onnx(model_dir, save_file=None, opset=13):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_dir", required=True, help="output of tools/export_model.py")
-    parser.add_argument("--save_file", default=None, help="default: <model_dir>/model.onnx")
+    parser.add_argument("--save_file", default=None, help=f"default: <model_dir>/{ONNX_FILE}")
     parser.add_argument("--opset", type=int, default=13)
     args = parser.parse_args(argv)
     try:

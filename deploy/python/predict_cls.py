@@ -2,7 +2,8 @@
 
     python deploy/python/predict_cls.py -c deploy/configs/inference_cls.yaml \
         -o Global.inference_model_dir=./inference -o Global.infer_imgs=demo/
-    ... -o Global.backend=onnxruntime        (after tools/export_onnx.py)
+    ... -o Global.use_onnx=True              (inference.onnx, after tools/export_onnx.py;
+                                              Global.backend=onnxruntime is the same)
     ... -o Global.benchmark=True             (per-image preprocess/inference/postprocess ms)
 """
 
@@ -19,7 +20,7 @@ set_default_threads()  # before Paddle is imported
 import numpy as np  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
-from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, list_images, predict_files,  # noqa: E402
+from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, backend_of, list_images, predict_files,  # noqa: E402
                              print_results, save_results)
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import load_yaml, apply_override, parse_override, parse_args  # noqa: E402
@@ -75,9 +76,8 @@ def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, r
 def main(args):
     config = load_config(args.config, args.override)
     g = config["Global"]
-    if g["backend"] not in RUNNERS:
-        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {g['backend']!r}")
-    run_batch = RUNNERS[g["backend"]](g)
+    backend = backend_of(g)
+    run_batch = RUNNERS[backend](g)
     preprocess = Preprocessor((config.get("PreProcess") or {}).get("transform_ops"),
                               "PreProcess.transform_ops")
     postprocess = build_postprocess(config.get("PostProcess"), "PostProcess")
@@ -89,7 +89,7 @@ def main(args):
     if g["benchmark"] or g["enable_benchmark"]:
         readable = [f for f, r in zip(files, results) if "error" not in r]
         ms = benchmark(readable, preprocess, run_batch, postprocess, int(g["batch_size"]))
-        print(f"benchmark ({g['backend']}, batch {g['batch_size']}, "
+        print(f"benchmark ({backend}, batch {g['batch_size']}, "
               f"{g['cpu_num_threads']} threads): preprocess {ms['preprocess']:.3f} ms, "
               f"inference {ms['inference']:.3f} ms, postprocess {ms['postprocess']:.3f} ms per image "
               "(median of 20 runs after 5 warm-up runs)")

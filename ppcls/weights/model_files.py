@@ -8,7 +8,8 @@ from ppcls.utils.errors import ConfigError
 MODEL_PREFIX = "inference"  # paddle.jit.save(model, <dir>/inference) writes the files below
 MODEL_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
 PARAMS_FILE = "inference.pdiparams"
-ONNX_FILE = "model.onnx"
+ONNX_FILE = "inference.onnx"  # PaddleClas's name, loaded by Global.use_onnx
+LEGACY_ONNX_FILES = ("model.onnx",)  # written by tools/export_onnx.py before it used ONNX_FILE
 
 
 def find_model_files(model_dir):
@@ -28,8 +29,9 @@ def find_model_files(model_dir):
 
 def find_onnx_file(model_dir):
     """The ONNX model `tools/export_onnx.py` wrote into `model_dir`."""
-    path = os.path.join(model_dir, ONNX_FILE)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path} not found: create it with tools/export_onnx.py "
-                          f"--model_dir {model_dir}")
-    return path
+    for name in (ONNX_FILE,) + LEGACY_ONNX_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"{os.path.join(model_dir, ONNX_FILE)} not found: create it with "
+                      f"tools/export_onnx.py --model_dir {model_dir}")
