@@ -27,7 +27,8 @@ if [ "$MODE" = "whole_infer" ] || [ "$MODE" = "paddle2onnx_infer" ]; then
     if [ -n "$url" ] && [ -f "${url%.pdparams}.pdparams" ]; then
         echo "${MODE}: using the local weights ${url}"
     else
-        # No network here: make weights by training one short epoch on the prepared data.
+        # No network here: make weights by training one short epoch on the prepared data, at a
+        # learning rate low enough that the outputs stay unsaturated (the chains compare scores).
         echo "${MODE}: no local pretrained file (${url:-none}); training weights in ${weights_dir}"
         # an AMP chain config has only amp_train, a paddle2onnx config only norm_export: the YAML
         # is the same (trained here in float32)
@@ -35,8 +36,9 @@ if [ "$MODE" = "whole_infer" ] || [ "$MODE" = "paddle2onnx_infer" ]; then
         [ -n "$train_cmd" ] || train_cmd=$(tipc_any "$FILENAME" amp_train train_params)
         [ -n "$train_cmd" ] || train_cmd=$(tipc_any "$FILENAME" norm_export export_params)
         python tools/train.py -c "$(yaml_of "$train_cmd")" -o Global.device=cpu -o Global.epochs=1 \
-            -o Global.output_dir="$weights_dir" -o Global.eval_during_train=False \
-            -o DataLoader.Train.sampler.batch_size=8 $(data_overrides "$data_dir") ${3:+-o Arch.name=$3}
+            -o Global.output_dir="$weights_dir" -o Global.eval_during_train=False -o Optimizer.lr.learning_rate=0.1 \
+            -o DataLoader.Train.sampler.batch_size=8 $(data_overrides "$data_dir") \
+            $(grep -o -- "-o Arch.name=[^ ]*" <<< "$train_cmd") ${3:+-o Arch.name=$3}
     fi
 fi
 echo "prepared ${MODE} for ${model_name} in ${data_dir}"
