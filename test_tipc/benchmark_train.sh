@@ -97,6 +97,7 @@ one_run() {
         launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${SAVE_LOG}/dist_${tag} --nproc_per_node ${nproc}")
     fi
     local out="${SAVE_LOG}/${tag}output"
+    rm -rf "$out"  # train.log appends: an earlier run's iterations must not count
     run "${tag}log" "${python_cmd} ${launcher} ${norm_train} ${extra} ${amp_args} -o Global.device=${device} -o Global.epochs=${epochs:-1} -o DataLoader.Train.sampler.batch_size=${batch} -o Global.print_batch_step=1 -o Global.eval_during_train=False -o Global.output_dir=${out} $(data_overrides "$data_dir") $(set_param -o\ DataLoader.Train.loader.num_workers "$num_workers")" || return
     run "${tag}speed" "${python_cmd} tools/train_log_stats.py --ips --skip_steps 2 --device_num ${nproc} --speed_log_file ${SAVE_LOG}/index/${tag}speed ${out}/${model_name}/train.log" \
         && grep "^ips:" "${LOG_PATH}/${tag}speed.log"
