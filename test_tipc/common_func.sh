@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helpers shared by the TIPC scripts. A TIPC config (test_tipc/config/*/*_train_infer_python.txt)
+# Helpers shared by the TIPC scripts. A TIPC config (test_tipc/configs/*/*.txt)
 # is PaddleClas's line format: "key:value" lines grouped in sections headed "===...xxx_params===".
 # Keys are looked up by name within a section, so lines may move without breaking anything.
 
@@ -11,6 +11,17 @@ tipc_value() {
             i = index($0, ":")
             if (i > 0 && substr($0, 1, i - 1) == key) { print substr($0, i + 1); exit }
         }' "$1"
+}
+
+# tipc_any FILE KEY SECTION... -> the value of KEY in the first SECTION that has it (the chains'
+# configs name their sections differently: train_params, paddle2onnx_params, export_params, ...)
+tipc_any() {
+    local file=$1 key=$2 section value
+    shift 2
+    for section in "$@"; do
+        value=$(tipc_value "$file" "$section" "$key")
+        if [ -n "$value" ]; then echo "$value"; return; fi
+    done
 }
 
 # value_for_mode VALUE MODE: "lite_train_lite_infer=2|whole_train_whole_infer=120" -> the
@@ -50,8 +61,48 @@ skipped() {
     echo " Skipped ($1) - ${4} - ${2}" | tee -a "$3"
 }
 
+# use_interpreter NAME: sets python_cmd to NAME when it runs here, else to "python" with one
+# line saying so (upstream configs name python3.7; running it, not `command -v`, because a pyenv
+# shim exists for versions that are not installed).
+use_interpreter() {
+    python_cmd=$1
+    if [ -z "$1" ] || [ "$1" = "null" ] || ! "$1" -c "" > /dev/null 2>&1; then
+        echo "the config's interpreter ${1:-(none)} is not installed: running with $(command -v python)"
+        python_cmd=python
+    fi
+}
+
+# run NAME COMMAND: runs COMMAND with its output in LOG_PATH/NAME.log and records the outcome
+# in status_log for model_name; counts a failure in failures (the callers' globals).
+run() {
+    local name=$1 command
+    command=$(tr -s ' ' <<< "$2")
+    echo "+ ${command}" > "${LOG_PATH}/${name}.log"
+    eval "$command" >> "${LOG_PATH}/${name}.log" 2>&1
+    local code=$?
+    status_check $code "$command" "$status_log" "$model_name" "${LOG_PATH}/${name}.log"
+    [ $code -eq 0 ] || failures=$((failures + 1))
+    return $code
+}
+
+# summary: the last lines of every chain; the exit status is non-zero if anything failed
+summary() {
+    echo "results: ${status_log}"
+    echo "TIPC: $(grep -c 'Run successfully' "$status_log") passed, ${failures} failed"
+    [ "$failures" -eq 0 ]
+}
+
 has_gpu() {
     python -c "import paddle, sys; sys.exit(0 if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null
+}
+
+# weights_for MODEL URL -> the weights prefix for the chains that start from weights: URL when it
+# names a local .pdparams file, else what prepare.sh trained (empty when neither exists)
+weights_for() {
+    local url=$2 found
+    if [ -n "$url" ] && [ -f "${url%.pdparams}.pdparams" ]; then echo "${url%.pdparams}"; return; fi
+    found=$(ls test_tipc/data/pretrained/"$1"/*/latest.pdparams 2> /dev/null | head -n 1)
+    echo "${found%.pdparams}"
 }
 
 # yaml_of COMMAND -> the path after "-c" in a "tools/train.py -c X.yaml ..." command
@@ -74,7 +125,7 @@ data_overrides() {
 # data_dir_for MODE -> where prepare.sh writes that mode's data
 data_dir_for() {
     case $1 in
-        whole_train_whole_infer) echo "test_tipc/data/whole" ;;
+        whole_train_whole_infer|benchmark_train) echo "test_tipc/data/whole" ;;
         *) echo "test_tipc/data/lite" ;;
     esac
 }

@@ -20,11 +20,7 @@ fi
 
 param() { tipc_value "$FILENAME" "$1" "$2"; }
 model_name=$(param train_params model_name)
-python_cmd=$(param train_params python)
-if ! "$python_cmd" -c "" > /dev/null 2>&1; then
-    echo "the config's interpreter ${python_cmd} is not installed: running with $(command -v python)"
-    python_cmd=python
-fi
+use_interpreter "$(param train_params python)"
 norm_export=$(param infer_params norm_export)
 kl_quant=$(param infer_params kl_quant)
 infer_model=$(param infer_params infer_model)
@@ -45,12 +41,7 @@ mkdir -p "$LOG_PATH"
 status_log="${LOG_PATH}/results_python.log"
 : > "$status_log"
 data_dir=$(data_dir_for whole_infer)
-if [ -n "$pretrained_url" ] && [ -f "${pretrained_url%.pdparams}.pdparams" ]; then
-    weights=${pretrained_url%.pdparams}
-else
-    weights=$(ls test_tipc/data/pretrained/"${model_name}"/*/latest.pdparams 2> /dev/null | head -n 1)
-    weights=${weights%.pdparams}
-fi
+weights=$(weights_for "$model_name" "$pretrained_url")
 if [ -z "$weights" ] || [ ! -f "${data_dir}/val_list.txt" ]; then
     echo "no weights or data: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
     exit 2
@@ -58,17 +49,6 @@ fi
 # the config's infer_model folder, kept under the log folder instead of the repository root
 model_dir="${LOG_PATH}/$(basename "${infer_model%/}")"
 failures=0
-
-run() {
-    local name=$1 command
-    command=$(tr -s ' ' <<< "$2")
-    echo "+ ${command}" > "${LOG_PATH}/${name}.log"
-    eval "$command" >> "${LOG_PATH}/${name}.log" 2>&1
-    local code=$?
-    status_check $code "$command" "$status_log" "$model_name" "${LOG_PATH}/${name}.log"
-    [ $code -eq 0 ] || failures=$((failures + 1))
-    return $code
-}
 
 quant_sweep() {
     local quant_dir=$1 use_gpu mkldnn threads batch int8 tag
@@ -99,6 +79,4 @@ run "export" "${python_cmd} ${norm_export} -o Global.device=cpu -o Global.pretra
     && run "kl_quant" "${python_cmd} ${kl_quant} -o Global.pretrained_model=${weights} -o Global.save_inference_dir=${model_dir} $(data_overrides "$data_dir")" \
     && quant_sweep "${model_dir}/quant_post_static_model"
 
-echo "results: ${status_log}"
-echo "TIPC: $(grep -c 'Run successfully' "$status_log") passed, ${failures} failed"
-[ $failures -eq 0 ]
+summary

@@ -21,12 +21,7 @@ fi
 # ------------------------------------------------------------------ the config
 param() { tipc_value "$FILENAME" "$1" "$2"; }
 model_name=${MODEL_OVERRIDE:-$(param train_params model_name)}
-python_cmd=$(param train_params python)
-# (running it, not `command -v`: a pyenv shim exists for versions that are not installed)
-if ! "$python_cmd" -c "" > /dev/null 2>&1; then
-    echo "the config's interpreter ${python_cmd} is not installed: running with $(command -v python)"
-    python_cmd=python
-fi
+use_interpreter "$(param train_params python)"
 gpu_list=$(param train_params gpu_list)
 autocast_list=$(param train_params "-o Global.auto_cast")
 epochs=$(value_for_mode "$(param train_params "-o Global.epochs")" "$MODE")
@@ -61,18 +56,6 @@ arch_override=${MODEL_OVERRIDE:+-o Arch.name=${MODEL_OVERRIDE}}
 GPU_AVAILABLE=0
 has_gpu && GPU_AVAILABLE=1
 failures=0
-
-# run NAME COMMAND: run it with its output in LOG_PATH/NAME.log and record the outcome
-run() {
-    local name=$1 command
-    command=$(tr -s ' ' <<< "$2")
-    echo "+ ${command}" > "${LOG_PATH}/${name}.log"
-    eval "$command" >> "${LOG_PATH}/${name}.log" 2>&1
-    local code=$?
-    status_check $code "$command" "$status_log" "$model_name" "${LOG_PATH}/${name}.log"
-    [ $code -eq 0 ] || failures=$((failures + 1))
-    return $code
-}
 
 # ------------------------------------------------------------ inference sweep
 # infer_sweep MODEL_DIR RUN_NAME: the predictor over the config's settings; GPU-only ones are
@@ -119,12 +102,7 @@ export_and_infer() {
 
 # ------------------------------------------------------------------ the chain
 if [ "$MODE" = "whole_infer" ]; then
-    if [ -n "$pretrained_url" ] && [ -f "${pretrained_url%.pdparams}.pdparams" ]; then
-        weights=${pretrained_url%.pdparams}
-    else
-        weights=$(ls test_tipc/data/pretrained/"${model_name}"/*/latest.pdparams 2> /dev/null | head -n 1)
-        weights=${weights%.pdparams}
-    fi
+    weights=$(weights_for "$model_name" "$pretrained_url")
     if [ -z "$weights" ]; then
         echo "whole_infer needs weights: run bash test_tipc/prepare.sh ${FILENAME} whole_infer first" >&2
         exit 2
@@ -173,6 +151,4 @@ else
     done
 fi
 
-echo "results: ${status_log}"
-echo "TIPC: $(grep -c 'Run successfully' "$status_log") passed, ${failures} failed"
-[ $failures -eq 0 ]
+summary

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 
-B1_X0_5 = os.path.join(ROOT, "test_tipc", "config", "MnasNet", "MnasNet_B1_x0_5_train_infer_python.txt")
+B1_X0_5 = os.path.join(ROOT, "test_tipc", "configs", "MnasNet", "MnasNet_B1_x0_5_train_infer_python.txt")
 
 
 def small_config(tmp_path, text, name):
@@ -70,7 +70,7 @@ def test_paddleclas_written_config_runs_with_our_model_name(lite_data, tmp_path)
     assert "Skipped (use_fp16=True runs on GPUs here)" in log
 
 
-AMP_CHAIN = os.path.join(ROOT, "test_tipc", "config", "MnasNet",
+AMP_CHAIN = os.path.join(ROOT, "test_tipc", "configs", "MnasNet",
                          "MnasNet_B1_x0_5_train_amp_infer_python.txt")
 
 
@@ -112,3 +112,95 @@ def test_ptq_chain_quantizes_and_predicts_in_int8(tmp_path):
     assert "Skipped (use_gpu=True needs a GPU)" in log
     out = os.path.join(ROOT, "test_tipc", "output", "tipc_ptq_check", "klquant_whole_infer")
     assert os.path.isfile(os.path.join(out, "MnasNet_B1_x0_5_infer", "quant_post_static_model", "inference.pdmodel"))
+
+
+DY2STATIC_ARGS = "to_static_train:-o Global.to_static=True"
+
+
+def one_epoch(text):
+    return text.replace("lite_train_lite_infer=2|", "lite_train_lite_infer=1|")
+
+
+def test_dy2static_check_passes_for_the_config_and_fails_on_a_different_pair(lite_data, tmp_path):
+    """The to_static training of the B1 x0.5 config matches dygraph loss by loss; the same
+    check on a pair that really differs (the to_static side at another learning rate) fails,
+    naming the first step whose loss differs."""
+    text = one_epoch(open(B1_X0_5).read())
+    same = tmp_path / "same.txt"
+    same.write_text(text)
+    proc = bash("test_tipc/test_train_dy2static_python.sh", str(same))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "6 steps: losses agree within rtol 0.0001" in proc.stdout
+    assert "TIPC: 3 passed, 0 failed" in proc.stdout
+
+    assert DY2STATIC_ARGS in text
+    other = tmp_path / "other.txt"
+    other.write_text(text.replace(DY2STATIC_ARGS, DY2STATIC_ARGS + " -o Optimizer.lr.learning_rate=4.0"))
+    proc = bash("test_tipc/test_train_dy2static_python.sh", str(other))
+    assert proc.returncode != 0
+    # the warm-up's first learning rate is 0, so step 1's update is the first that differs
+    assert "error: losses differ at epoch 1 iteration 2:" in proc.stdout
+    assert "TIPC: 2 passed, 1 failed" in proc.stdout
+
+
+P2O_B1_X0_5 = os.path.join(ROOT, "test_tipc", "configs", "MnasNet",
+                           "MnasNet_B1_x0_5_paddle2onnx_python_linux_cpu.txt")
+
+
+def test_paddle2onnx_chain_with_upstream_interpreter_name(tmp_path):
+    """PaddleClas's python3.7 (not installed here) runs with the current interpreter and says
+    so; export, conversion, ONNX Runtime and Paddle Inference predictions all pass and agree."""
+    config = tmp_path / "p2o.txt"
+    config.write_text(open(P2O_B1_X0_5).read().replace("python:python", "python:python3.7"))
+    proc = bash("test_tipc/prepare.sh", str(config), "paddle2onnx_infer")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = bash("test_tipc/test_paddle2onnx.sh", str(config), "paddle2onnx_infer")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.stdout.count("the config's interpreter python3.7 is not installed: running with") == 1
+    assert "TIPC: 5 passed, 0 failed" in proc.stdout
+    assert os.path.isfile(os.path.join(ROOT, "deploy", "models", "MnasNet_B1_x0_5_infer", "inference.onnx"))
+    assert "-o Global.use_onnx=True" in results_of("MnasNet_B1_x0_5", "paddle2onnx_infer",
+                                                   "results_paddle2onnx.log")
+
+
+def results_of(model, mode, name):
+    return open(os.path.join(ROOT, "test_tipc", "output", model, mode, name)).read()
+
+
+def test_prediction_comparison_fails_when_scores_differ(tmp_path):
+    """compare_runs.py predictions (the paddle2onnx chain's last step) sees a score moved
+    by more than atol, and a result list for other images."""
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    result = {"file_name": "a.jpg", "class_ids": [3, 1], "scores": [0.5, 0.25]}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([result]))
+    b.write_text(json.dumps([dict(result, scores=[0.5, 0.2502])]))
+    assert main(["predictions", str(a), str(b), "--atol", "1e-4"]) == 1
+    b.write_text(json.dumps([dict(result, scores=[0.50005, 0.25])]))
+    assert main(["predictions", str(a), str(b), "--atol", "1e-4"]) == 0
+    b.write_text(json.dumps([dict(result, file_name="b.jpg")]))
+    assert main(["predictions", str(a), str(b)]) == 1
+
+
+def test_benchmark_train_prints_ips_and_skips_fp16_on_cpu():
+    proc = bash("test_tipc/prepare.sh", B1_X0_5, "benchmark_train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = bash("test_tipc/benchmark_train.sh", B1_X0_5, "benchmark_train", "dynamic_bs16_fp16_DP_N1C1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " Skipped (fp16 (AMP) needs a GPU)" in proc.stdout and "TIPC: 0 passed, 0 failed" in proc.stdout
+
+    proc = bash("test_tipc/benchmark_train.sh", B1_X0_5, "benchmark_train", "dynamic_bs48_fp32_DP_N1C1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "TIPC: 2 passed, 0 failed" in proc.stdout
+    # 240 images in batches of 48: 5 logged iterations, the first 2 left out
+    assert "mean of 3 logged iterations after the first 2, x1 process(es)" in proc.stdout
+    import json
+    speed_file = os.path.join(ROOT, "test_tipc", "output", "MnasNet_B1_x0_5", "benchmark_train", "index",
+                              f"{os.path.basename(ROOT)}_MnasNet_B1_x0_5_bs48_fp32_DP_N1C1_speed")
+    speed = json.load(open(speed_file))
+    assert speed["ips"] > 0 and speed["iterations"] == 3 and speed["speed_unit"] == "samples/s"
