@@ -43,6 +43,9 @@ def parse_args(argv=None):
                              "reports the median over the rounds")
     parser.add_argument("--skip_kernels", action="store_true")
     parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument("--torch_python", default=sys.executable,
+                        help="interpreter with torch, torchvision and timm for the PyTorch column "
+                             "(default: this one)")
     parser.add_argument("--out", default=None, help="also write the table here")
     parser.add_argument("--worker", choices=["paddle", "torch"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -127,9 +130,10 @@ class TorchBench:
 
     def model(self, name):
         library, ctor = TORCH_TWINS[name]
-        if library == "torchvision":
-            import torchvision
+        from tools.make_transform_fixture import import_torchvision
 
+        torchvision = import_torchvision()  # timm imports it too
+        if library == "torchvision":
             return getattr(torchvision.models, ctor)(weights=None)
         import timm
 
@@ -226,8 +230,9 @@ def worker_results(backend, argv):
     import json
     import subprocess
 
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker",
-                           backend], capture_output=True, text=True)
+    python = parse_args(argv).torch_python if backend == "torch" else sys.executable
+    proc = subprocess.run([python, os.path.abspath(__file__), *argv, "--worker", backend],
+                          capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -246,10 +251,10 @@ def median_over_rounds(rounds):
     return merged
 
 
-def torch_available():
-    import importlib.util
+def torch_available(python=sys.executable):
+    import subprocess
 
-    return importlib.util.find_spec("torch") is not None
+    return subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
 
 
 def table_rows(results, args):
@@ -276,7 +281,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return run_worker(args)
-    with_torch = not args.no_torch and torch_available()
+    with_torch = not args.no_torch and torch_available(args.torch_python)
     if not args.no_torch and not with_torch:
         print("torch is not installed: the PyTorch column stays empty", file=sys.stderr)
     rounds = []
