@@ -14,9 +14,12 @@ over the rounds:
   - images/s per core: images per CPU-second spent by the measuring process and all its
     workers together (user + system time), so a pipeline cannot look fast by using more
     cores than the other.
-Ours is the config's DataLoader.Train (its transform_ops, sampler and batch operators) with
-the batches as the training step receives them (normalised float tensors); torchvision's is
-ImageFolder, PIL, RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize.
+"ours" is the config's DataLoader.Train (its transform_ops, sampler and batch operators) with
+the batches as the training step receives them (normalised, mixed float tensors) on this
+machine's CPU device, where the workers normalise and mix, as before. "ours-host" is the
+part a GPU run leaves on the CPU: uint8 batches and the mixing plan, normalisation and
+Mixup being the GPU's. torchvision's is ImageFolder, PIL, RandomResizedCrop(224),
+RandomHorizontalFlip, ToTensor, Normalize (no Mixup).
 
 `--fetch` instead times what train.log calls reader_cost: the microseconds the training
 process spends taking a batch the loader already prepared while a `--step-ms` step ran.
@@ -51,7 +54,7 @@ def time_epochs(make_batches, epochs):
     return {"images": images, "seconds": time.perf_counter() - tic, "cpu": cpu_seconds() - cpu0}
 
 
-def ours_loader(args):
+def ours_loader(args, normalize_on_device=None):
     sys.path.insert(0, ROOT)
     from ppcls.utils.threads import set_default_threads
 
@@ -69,11 +72,13 @@ def ours_loader(args):
         overrides.append(f"DataLoader.Train.sampler.batch_size={args.batch_size}")
     overrides.append("Global.device=cpu")
     config = get_config(args.config, overrides)
-    return build_dataloader(config, "Train", 0, class_num_of(config))
+    return build_dataloader(config, "Train", 0, class_num_of(config), normalize_on_device)
 
 
-def measure_ours(args):
-    loader = ours_loader(args)
+def measure_ours(args, host_only=False):
+    loader = ours_loader(args, normalize_on_device=host_only or None)
+    if host_only:  # what a GPU run leaves on the CPU: normalise and mix are the GPU's
+        loader.normalize = None
 
     def batches(epoch):
         loader.batch_sampler.set_epoch(epoch)
@@ -96,6 +101,10 @@ def measure_torchvision(args):
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size or 64,
                                          shuffle=True, num_workers=args.workers or 0)
     return time_epochs(lambda epoch: loader, args.epochs)
+
+
+PIPELINES = {"ours": measure_ours, "ours-host": lambda args: measure_ours(args, host_only=True),
+             "torchvision": measure_torchvision}
 
 
 def time_fetches(loader, epochs, step_seconds):
@@ -146,7 +155,7 @@ def summarise(name, runs):
 
 
 def compare(args):
-    sides = [("ours", sys.executable)]
+    sides = [("ours", sys.executable), ("ours-host", sys.executable)]
     if args.torchvision_python:
         sides.append(("torchvision", args.torchvision_python))
     runs = {side: [] for side, _ in sides}
@@ -158,10 +167,12 @@ def compare(args):
           f"batch {args.batch_size}, {args.workers} workers, medians of {args.rounds} rounds; "
           f"{os.cpu_count()} CPUs")
     ours = summarise("ours", runs["ours"])
+    host = summarise("ours-host", runs["ours-host"])
     if "torchvision" in runs:
         theirs = summarise("torchvision", runs["torchvision"])
-        print(f"ours / torchvision: {ours[0] / theirs[0]:.2f}x images/s, "
-              f"{ours[1] / theirs[1]:.2f}x images/s per core")
+        for name, figures in (("ours", ours), ("ours-host", host)):
+            print(f"{name} / torchvision: {figures[0] / theirs[0]:.2f}x images/s, "
+                  f"{figures[1] / theirs[1]:.2f}x images/s per core")
 
 
 def main():
@@ -177,11 +188,10 @@ def main():
                         help="an interpreter with torch and torchvision (run without Paddle)")
     parser.add_argument("--fetch", action="store_true", help="time reader_cost instead")
     parser.add_argument("--step-ms", type=float, default=30.0)
-    parser.add_argument("--child", choices=("ours", "torchvision"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        measure = measure_ours if args.child == "ours" else measure_torchvision
-        print(json.dumps(measure(args)))
+        print(json.dumps(PIPELINES[args.child](args)))
     elif args.fetch:
         costs = time_fetches(ours_loader(args), args.epochs, args.step_ms / 1000)
         print(f"fetch: {statistics.fmean(costs) * 1e6:.0f} us mean, "
