@@ -92,14 +92,15 @@ class OpSampler:
     """Pick one of the given batch operators by its `prob` (the rest: leave the batch as it
     is, with one-hot targets). Configured as {MixupOperator: {alpha, prob}, ...}."""
 
-    def __init__(self, class_num, **ops):
+    def __init__(self, class_num, MixupOperator: (dict, type(None)) = None,  # noqa: N803
+                 CutmixOperator: (dict, type(None)) = None):  # noqa: N803 - PaddleClas's keys
         self.class_num = class_num
         self.ops, self.probs = [], []
-        for name, args in ops.items():
-            if name not in BATCH_OPS or name == "OpSampler":
-                raise ConfigError(f"OpSampler: unknown batch operator {name!r}; available: "
-                                  "MixupOperator, CutmixOperator")
-            args = dict(args or {})
+        chosen = {"MixupOperator": MixupOperator, "CutmixOperator": CutmixOperator}
+        for name, args in chosen.items():
+            if args is None:
+                continue
+            args = dict(args)
             self.probs.append(float(args.pop("prob", 0)))
             self.ops.append(BATCH_OPS[name](class_num=class_num, **args))
         if sum(self.probs) > 1 + 1e-6:
