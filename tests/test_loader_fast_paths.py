@@ -265,3 +265,17 @@ def test_workers_send_uint8_when_the_device_normalises(jpegs):
                             normalize_on_device=True)
     assert kept.normalize is None  # an operator after NormalizeImage: all in the workers
     assert kept.dataset[(0, 5)][0].dtype == np.float32
+
+
+def test_too_little_shared_memory_is_one_line_naming_use_shared_memory(jpegs):
+    from ppcls.data import check_shared_memory
+    from ppcls.utils.errors import ConfigError
+
+    free = os.statvfs("/dev/shm")
+    free = free.f_bavail * free.f_frsize
+    check_shared_memory(free // 100, 8, "DataLoader.Train")  # 18 batches of 1%: fits
+    with pytest.raises(ConfigError) as err:
+        check_shared_memory(free // 10, 8, "DataLoader.Train")
+    message = str(err.value)
+    assert "\n" not in message and "DataLoader.Train.loader.use_shared_memory: False" in message
+    assert "/dev/shm has" in message

@@ -9,6 +9,7 @@ the workers would have used. Each batch also carries the problems of samples a w
 not read, which `BadImagePolicy` turns into an error or a logged skip."""
 
 import copy
+import os
 import random
 import signal
 
@@ -26,6 +27,10 @@ from ppcls.utils.factory import create, create_list, split_spec
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
 LOADER_KEYS = ("num_workers", "use_shared_memory")
+SHARED_MEMORY_DIR = "/dev/shm"
+# Paddle's DataLoader keeps prefetch_factor (2) batches per worker under way and as many
+# per device in its queue to the training process, all in shared memory.
+PREFETCH_FACTOR = 2
 
 # Mixes a batch's first sample seed into the seed of its batch operators.
 _BATCH_SEED_SALT = 0x5EED_BA7C
@@ -140,6 +145,32 @@ class ClassificationLoader:
             getattr(batches, "_try_shutdown_all", lambda: None)()
 
 
+def check_shared_memory(batch_bytes, num_workers, where, directory=SHARED_MEMORY_DIR):
+    """One clear line, before any worker starts, when the batches in flight will not fit in
+    /dev/shm (Docker's default is 64 MB): a worker that runs out of it dies of SIGBUS."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:  # no such filesystem here: nothing to check
+        return
+    free = stat.f_bavail * stat.f_frsize
+    need = batch_bytes * PREFETCH_FACTOR * (num_workers + 1)
+    if need > free:
+        raise ConfigError(
+            f"{where}.loader: {num_workers} workers keep about {need / 2**20:.0f} MB of batches "
+            f"in shared memory, but {directory} has {free / 2**20:.0f} MB free: enlarge it "
+            f"(docker run --shm-size=...), lower num_workers or sampler.batch_size, or set "
+            f"{where}.loader.use_shared_memory: False")
+
+
+def sample_bytes(dataset):
+    """Bytes of one sample as the workers send it (the first readable of a few), or 0."""
+    for index in range(min(len(dataset), 4)):
+        image = dataset[(index, 0)][0]
+        if image is not None:
+            return image.nbytes
+    return 0
+
+
 def build_dataset(section, where, mode):
     spec = copy.deepcopy(section.get("dataset"))
     if not spec:
@@ -184,11 +215,14 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
     if normalize_on_device is None:
         normalize_on_device = paddle.device.get_device().startswith("gpu")
     normalize = split_normalize(dataset) if normalize_on_device and len(batch_ops) <= 1 else None
+    num_workers = int(loader_args.get("num_workers", 0))
+    use_shared_memory = bool(loader_args.get("use_shared_memory", True))
+    if use_shared_memory and num_workers > 0:
+        check_shared_memory(sample_bytes(dataset) * sampler.batch_size, num_workers, where)
     loader = paddle.io.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=Collate(batch_ops, normalize is not None),
         worker_init_fn=ignore_stop_signals,
-        num_workers=int(loader_args.get("num_workers", 0)),
-        use_shared_memory=bool(loader_args.get("use_shared_memory", True)),
+        num_workers=num_workers, use_shared_memory=use_shared_memory,
         return_list=True)
     return ClassificationLoader(loader, BadImagePolicy(dataset, where, sampler.shard_size()),
                                 normalize)
