@@ -91,7 +91,7 @@ def split_normalize(dataset):
     operator after normalisation, such as RandomErasing, keeps all of it in the workers)."""
     ops = dataset.ops
     kinds = [type(op) for op in ops[-2:]]
-    if kinds[-1:] == [NormalizeImage] and kinds[:1] == [ToCHWImage] and len(ops) >= 2:
+    if kinds == [ToCHWImage, NormalizeImage]:
         tail = 2
     elif kinds[-1:] == [NormalizeImage]:
         tail = 1
@@ -116,7 +116,8 @@ def ignore_stop_signals(worker_id):
 
 
 class ClassificationLoader:
-    """A paddle DataLoader of (images, labels) batches with the bad-image policy applied."""
+    """A paddle DataLoader of (images, labels) batches with the bad-image policy applied,
+    normalised and mixed on the device when the workers left that to it."""
 
     def __init__(self, loader, policy, normalize=None):
         self.loader, self.policy, self.normalize = loader, policy, normalize
@@ -211,9 +212,9 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
         if key not in LOADER_KEYS:
             raise ConfigError(f"{where}.loader: unknown key {key!r}; allowed: "
                               + ", ".join(LOADER_KEYS))
-    # Plans of several batch operators in a row would not compose: those mix in the workers.
     if normalize_on_device is None:
         normalize_on_device = paddle.device.get_device().startswith("gpu")
+    # Plans of several batch operators in a row would not compose: those mix in the workers.
     normalize = split_normalize(dataset) if normalize_on_device and len(batch_ops) <= 1 else None
     num_workers = int(loader_args.get("num_workers", 0))
     use_shared_memory = bool(loader_args.get("use_shared_memory", True))
