@@ -232,7 +232,8 @@ def _batches(jpegs, workers, on_device, batch_ops=MIXUP, tail=NORMALIZE_HWC, epo
     return [(x.numpy(), y.numpy()) for x, y in loader]
 
 
-@pytest.mark.parametrize("batch_ops,tail", [(MIXUP, NORMALIZE_HWC), (CUTMIX_OR_MIXUP, NORMALIZE_HWC),
+@pytest.mark.parametrize("batch_ops,tail", [(MIXUP, NORMALIZE_HWC),
+                                            (CUTMIX_OR_MIXUP, NORMALIZE_HWC),
                                             (None, NORMALIZE_CHW)])
 def test_device_normalisation_and_mixing_give_the_workers_batches(jpegs, batch_ops, tail):
     """uint8 batches normalised and mixed in the training process equal the batches the

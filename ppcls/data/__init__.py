@@ -78,7 +78,8 @@ class DeviceNormalize:
 
     def __call__(self, images):
         if self.on_device is None:
-            self.on_device = [paddle.to_tensor(v, place=images.place) for v in (self.mean, self.std)]
+            self.on_device = [paddle.to_tensor(v, place=images.place)
+                              for v in (self.mean, self.std)]
         mean, std = self.on_device
         x = (images.transpose([0, 3, 1, 2]).astype("float32") * self.scale - mean) / std
         return x.astype(self.dtype) if self.dtype != "float32" else x
