@@ -14,7 +14,7 @@ import random
 import numpy as np
 import paddle
 
-from ppcls.data.preprocess import ToCHWImage, apply_transforms, build_transforms
+from ppcls.data.preprocess import ToCHWImage, apply_transforms, build_transforms, fuse
 from ppcls.utils.errors import ConfigError, DataError
 
 POLICIES = ("fail", "skip")
@@ -96,7 +96,7 @@ class ImageNetDataset(paddle.io.Dataset):
         self.dropped = self._drop_missing_files()
         if relabel:
             _, self.labels = np.unique(self.labels, return_inverse=True)
-        self.ops = build_transforms(transform_ops, "DataLoader.*.dataset.transform_ops")
+        self.ops = fuse(build_transforms(transform_ops, "DataLoader.*.dataset.transform_ops"))
         # PaddleClas datasets hand out CHW images; configs end with an HWC NormalizeImage.
         self.transpose = not any(isinstance(op, ToCHWImage) for op in self.ops)
 

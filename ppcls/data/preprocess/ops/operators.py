@@ -191,11 +191,14 @@ class CropImage:
 class RandCropImage:
     """Random-resized crop: a random area fraction in `scale` and aspect ratio in `ratio`
     (uniform, or log-uniform with use_log_aspect), then resize to `size`; a centre crop if
-    10 tries fail. `backend` and `interpolation` as for ResizeImage."""
+    10 tries fail. `backend` and `interpolation` as for ResizeImage. `reduced_decode` (ours):
+    right after a DecodeImage, decode JPEGs at reduced size when the window allows (see
+    DecodeRandCrop)."""
 
     def __init__(self, size, scale=None, ratio=None, interpolation=None, use_log_aspect=False,
-                 backend="cv2"):
+                 backend="cv2", reduced_decode=True):
         self.size = _size_pair(size)
+        self.reduced_decode = bool(reduced_decode)
         self.scale = tuple(parse_number(s) for s in (scale or (0.08, 1.0)))
         self.ratio = tuple(parse_number(r) for r in (ratio or (3.0 / 4.0, 4.0 / 3.0)))
         self.use_log_aspect = use_log_aspect
@@ -206,7 +209,8 @@ class RandCropImage:
             return math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
         return rng.uniform(*self.ratio)
 
-    def _window(self, height, width, rng):
+    def window(self, height, width, rng):
+        """(top, left, h, w) of the crop for an image of height x width."""
         area = height * width
         for _ in range(10):
             target_area = area * rng.uniform(*self.scale)
@@ -225,8 +229,73 @@ class RandCropImage:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, img, rng):
-        top, left, h, w = self._window(*img.shape[:2], rng)
+        top, left, h, w = self.window(*img.shape[:2], rng)
         return self.resize(img[top:top + h, left:left + w], self.size, rng)
+
+
+# Orientations (EXIF tag 0x0112) that OpenCV applies by turning the image a quarter.
+_TRANSPOSING = (5, 6, 7, 8)
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def jpeg_size(data):
+    """(height, width) of a JPEG as OpenCV's decoder will orient it, read from its header
+    (tens of microseconds), or None for anything that is not a readable JPEG."""
+    try:
+        header = Image.open(io.BytesIO(data))
+        if header.format != "JPEG":
+            return None
+        width, height = header.size
+        transposed = header.getexif().get(0x0112) in _TRANSPOSING
+    except Exception:  # noqa: BLE001 - unreadable here: the full decoder gives the error
+        return None
+    return (width, height) if transposed else (height, width)
+
+
+class DecodeRandCrop:
+    """DecodeImage (backend cv2) then RandCropImage (backend cv2, bilinear) in one step,
+    which decodes a JPEG at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling: a fraction of the
+    work) when the random window, scaled down so, still covers the output size; the final
+    resize is then still a reduction. The window is drawn from the header's size by
+    RandCropImage.window with the same rng calls, so crops follow the same distribution and
+    seeds as the two operators; the window is placed in the reduced image to the nearest
+    pixel. Windows too small to reduce, and non-JPEG files, take the two operators' own
+    path, bit for bit. Built by `build_transforms`; RandCropImage's `reduced_decode: False`
+    turns it off."""
+
+    def __init__(self, decode, crop):
+        self.decode, self.crop = decode, crop
+
+    @staticmethod
+    def applies(decode, crop):
+        return (isinstance(decode, DecodeImage) and isinstance(crop, RandCropImage)
+                and crop.reduced_decode and decode.backend == "cv2" and not decode.channel_first
+                and crop.resize.backend == "cv2" and crop.resize.filter == cv2.INTER_LINEAR)
+
+    def reduction(self, h, w):
+        """The largest DCT scale-down that keeps the h x w window at least the output size."""
+        out_w, out_h = self.crop.size
+        return max((k for k in (1, 2, 4, 8) if h >= k * out_h and w >= k * out_w), default=1)
+
+    def __call__(self, data, rng):
+        size = jpeg_size(data) if data else None
+        if size is None:
+            return self.crop(self.decode(data), rng)
+        top, left, h, w = self.crop.window(*size, rng)
+        factor = self.reduction(h, w)
+        if factor == 1:
+            img = self.decode(data)
+            return self.crop.resize(img[top:top + h, left:left + w], self.crop.size, rng)
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED[factor])
+        if bgr is None:
+            raise ValueError("not a decodable image")
+        # libjpeg rounds the reduced size up: scale by the real ratio, not 1 / factor
+        fy, fx = bgr.shape[0] / size[0], bgr.shape[1] / size[1]
+        y0, y1 = round(top * fy), round((top + h) * fy)
+        x0, x1 = round(left * fx), round((left + w) * fx)
+        out = cv2.resize(bgr[y0:y1, x0:x1], self.crop.size, interpolation=cv2.INTER_LINEAR)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if self.decode.to_rgb else out
 
 
 class RandFlipImage:
@@ -261,8 +330,11 @@ class NormalizeImage:
         self.dtype = np.float16 if output_fp16 else np.float32
 
     def __call__(self, img, rng=None):
-        img = (img.astype(np.float32) * self.scale - self.mean) / self.std
-        return img.astype(self.dtype)
+        out = img.astype(np.float32)  # then in place: the same arithmetic, no temporaries
+        out *= np.float32(self.scale)
+        out -= self.mean
+        out /= self.std
+        return out.astype(self.dtype, copy=False)
 
 
 class ToCHWImage:
