@@ -285,10 +285,17 @@ def onnxruntime_runner(g):
 
 
 def is_int8_model(model_file):
-    """True for the output of deploy/slim/quant_post_static.py: Paddle programs with
-    quantize ops, ONNX models with QuantizeLinear nodes (the op names are in the file)."""
+    """True for the output of deploy/slim/quant_post_static.py: a Paddle program with
+    quantize operators, an ONNX model with QuantizeLinear nodes. A legacy program (.pdmodel)
+    is parsed: its op-version table names quantize operators in every model."""
     with open(model_file, "rb") as f:
         data = f.read()
+    if model_file.endswith(".pdmodel"):
+        from paddle.base.proto import framework_pb2
+
+        program = framework_pb2.ProgramDesc()
+        program.ParseFromString(data)
+        return any("quantize" in op.type for block in program.blocks for op in block.ops)
     return b"QuantizeLinear" in data or b"quantize_linear" in data or b"fake_quantize" in data \
         or b"fake_channel_wise" in data
 

@@ -339,5 +339,11 @@ def test_int8_models_mostly_agree_with_fp32(exported, tmp_path):
         agree = sum(a["class_ids"][0] == b["class_ids"][0] for a, b in zip(fp32, int8))
         assert agree >= 4, (extra, fp32, int8)
         np.testing.assert_allclose([r["scores"][0] for r in int8], [r["scores"][0] for r in fp32], atol=0.1)
+    # told apart by their operators (a legacy program's op-version table names quantize ops in
+    # every model, so a byte search would call the FP32 program INT8 too)
+    from ppcls.inference import is_int8_model
+
+    assert is_int8_model(str(quant_dir / "inference.pdmodel"))
+    assert not is_int8_model(str(model_dir / "inference.pdmodel"))
     # the quantized folder describes itself too, and an FP32 folder refuses use_int8
     assert (quant_dir / "inference.yml").read_text() == (model_dir / "inference.yml").read_text()

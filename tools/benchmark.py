@@ -2,9 +2,11 @@
 timed at batch 1 and 8 with Paddle Inference as the deployed predictor runs it (OpenVINO
 engine) and with oneDNN, ONNX Runtime and Paddle dygraph, beside its parameters,
 multiply-adds, published ImageNet top-1 and the floor: the multiply-adds at this machine's
-measured peak float32 matrix-multiply rate. The backends take turns (--rounds rounds of
---repeats runs each); every figure is the median of all its runs. Writes a Markdown table,
-a CSV and a PNG of published accuracy against measured latency.
+measured peak float32 matrix-multiply rate. Each backend runs in a process of its own, as
+a deployment would (in one process their thread pools spin against each other and slow
+whichever runs next); the backends take turns, --rounds processes each, --repeats timed runs
+per process and batch size; every figure is the median of all its runs. Writes a Markdown
+table, a CSV and a PNG of published accuracy against measured latency.
 
     python tools/benchmark.py --threads 2 --out_dir log/benchmark
     python tools/benchmark.py --names MnasNet_B1_x1_0 MnasNet_A1_x1_0 --size 224
@@ -43,7 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10, help="runs per backend per round")
-    parser.add_argument("--rounds", type=int, default=5, help="turns each backend takes")
+    parser.add_argument("--rounds", type=int, default=3, help="turns (processes) each backend takes")
+    parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "NAME", "MODEL_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--no_dygraph", action="store_true", help="skip the dygraph timing")
     parser.add_argument("--out_dir", default="output/benchmark",
                         help="where the table, CSV and plot go (the committed run is in log/benchmark)")
@@ -61,20 +64,75 @@ def median_ms(fn, warmup, repeats):
     return statistics.median(times)
 
 
-def time_alternating(backends, x, args):
-    """Median ms per backend: after warm-up, the backends take turns, `repeats` runs each,
-    for `rounds` rounds, so a slow spell of the machine falls on all of them."""
-    for run in backends.values():
+BACKENDS = ("paddle", "paddle_onednn", "onnxruntime", "dygraph")
+
+
+def backend_runner(backend, name, model_dir, args):
+    """run(images) -> probabilities for one backend, built in this (worker) process."""
+    from ppcls.inference import DEPLOY_DEFAULTS, RUNNERS
+
+    g = {**DEPLOY_DEFAULTS, "inference_model_dir": model_dir, "cpu_num_threads": args.threads}
+    if backend == "paddle":
+        return RUNNERS["paddle"](g)
+    if backend == "paddle_onednn":
+        return RUNNERS["paddle"]({**g, "use_openvino": False})
+    if backend == "onnxruntime":
+        return RUNNERS["onnxruntime"](g)
+    import paddle
+
+    from ppcls.engine.export import InferenceModel, build_inference_network
+
+    network = InferenceModel(build_inference_network(variant_config(name, args)))
+
+    def run_dygraph(x):
+        with paddle.no_grad():
+            return network(paddle.to_tensor(x)).numpy()
+
+    return run_dygraph
+
+
+def run_worker(args):
+    """One turn of one backend: `repeats` timed runs per batch size, printed as JSON."""
+    import json
+
+    import numpy as np
+
+    backend, name, model_dir = args.worker
+    run = backend_runner(backend, name, model_dir, args)
+    times = {}
+    for batch in args.batch_sizes:
+        x = np.random.default_rng(0).standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
         for _ in range(args.warmup):
             run(x)
-    times = {name: [] for name in backends}
-    for _ in range(args.rounds):
-        for name, run in backends.items():
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                run(x)
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+        times[batch] = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            run(x)
+            times[batch].append((time.perf_counter() - start) * 1000)
+    print("TIMES " + json.dumps(times))
+    return 0
+
+
+def time_in_turns(backends, name, model_dir, args, argv):
+    """{backend: {batch: median ms}}: each round starts one process per backend, the order
+    rotating from round to round."""
+    import json
+    import subprocess
+
+    times = {b: {batch: [] for batch in args.batch_sizes} for b in backends}
+    for round_ in range(args.rounds):
+        for backend in backends[round_ % len(backends):] + backends[:round_ % len(backends)]:
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), *argv,
+                                   "--worker", backend, name, model_dir],
+                                  capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("TIMES ")]
+            if done.returncode != 0 or not lines:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise SystemExit(f"error: {backend} on {name} failed: {tail[0]}")
+            for batch, values in json.loads(lines[-1][len("TIMES "):]).items():
+                times[backend][int(batch)] += values
+    return {b: {batch: statistics.median(v) for batch, v in per_batch.items()}
+            for b, per_batch in times.items()}
 
 
 def peak_gflops(threads, size=1024, repeats=10):
@@ -104,41 +162,31 @@ def peak_gflops(threads, size=1024, repeats=10):
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def measure_variant(name, args, work_dir, gflops):
-    import numpy as np
-    import paddle
-
-    from ppcls.engine.export import InferenceModel, build_inference_network, export_inference_model
-    from ppcls.inference import DEPLOY_DEFAULTS, RUNNERS
+def variant_config(name, args):
     from ppcls.utils.config import validate
+
+    return validate({"Global": {"image_shape": [3, args.size, args.size], "device": "cpu"},
+                     "Arch": {"name": name}})
+
+
+def measure_variant(name, args, argv, work_dir, gflops):
+    from ppcls.engine.export import build_inference_network, export_inference_model
     from ppcls.utils.model_stats import count_macs, count_params
     from tools.export_onnx import export_onnx
 
-    config = validate({"Global": {"image_shape": [3, args.size, args.size], "device": "cpu"},
-                       "Arch": {"name": name}})
+    config = variant_config(name, args)
     model_dir = os.path.join(work_dir, name)
     export_inference_model(config, model_dir)
     export_onnx(model_dir)
-    g = {**DEPLOY_DEFAULTS, "inference_model_dir": model_dir, "cpu_num_threads": args.threads}
-    backends = {"paddle": RUNNERS["paddle"](g),
-                "paddle_onednn": RUNNERS["paddle"]({**g, "use_openvino": False}),
-                "onnxruntime": RUNNERS["onnxruntime"](g)}
     network = build_inference_network(config)
-    if not args.no_dygraph:
-        dygraph = InferenceModel(network)
-
-        def run_dygraph(x):
-            with paddle.no_grad():
-                return dygraph(paddle.to_tensor(x)).numpy()
-
-        backends["dygraph"] = run_dygraph
     macs = count_macs(network, args.size)
     row = {"model": name, "params_M": count_params(network) / 1e6, "MACs_M": macs / 1e6}
-    rng = np.random.default_rng(0)
+    backends = [b for b in BACKENDS if not (args.no_dygraph and b == "dygraph")]
+    medians = time_in_turns(backends, name, model_dir, args, argv)
     for batch in args.batch_sizes:
-        x = rng.standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
         row[f"floor_b{batch}_ms"] = 2 * macs * batch / (gflops * 1e9) * 1000
-        for backend, ms in time_alternating(backends, x, args).items():
+        for backend in backends:
+            ms = medians[backend][batch]
             row[f"{backend}_b{batch}_ms"] = ms
             row[f"{backend}_b{batch}_img_s"] = batch * 1000 / ms
     return row
@@ -219,11 +267,14 @@ def cpu_name():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before Paddle is imported
     from ppcls.utils.threads import set_default_threads
 
     set_default_threads()
+    if args.worker:
+        return run_worker(args)
     import platform
 
     import paddle
@@ -233,13 +284,14 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as work_dir:
         for name in args.names:
-            rows.append(measure_variant(name, args, work_dir, gflops))
+            rows.append(measure_variant(name, args, argv, work_dir, gflops))
             print(f"measured {name}", flush=True)
-    note = (f"`python tools/benchmark.py {' '.join(sys.argv[1:] if argv is None else argv)}` on "
+    note = (f"`python tools/benchmark.py {' '.join(argv)}` on "
             f"{os.cpu_count()} CPU cores ({platform.machine()}, {cpu_name()}), "
-            f"{args.threads} threads, paddlepaddle {paddle.__version__}; backends alternating, "
-            f"{args.rounds} rounds of {args.repeats} runs each after {args.warmup} warm-up runs, "
-            f"median of all runs; random weights, input {args.size}x{args.size}; peak float32 "
+            f"{args.threads} threads, paddlepaddle {paddle.__version__}; each backend in its own "
+            f"process, the backends taking turns for {args.rounds} rounds, {args.repeats} timed runs "
+            f"per process after {args.warmup} warm-up runs, median of all runs; random weights, "
+            f"input {args.size}x{args.size}; peak float32 "
             f"matrix multiply {gflops:.0f} GFLOP/s.")
     print(write_outputs(rows, args, note))
     return 0
