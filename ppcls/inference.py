@@ -147,8 +147,34 @@ def paddle_runner(g):
     from paddle import inference
 
     model_dir = g["inference_model_dir"]
-    model_file, params_file = find_model_files(model_dir)
     engine = None if g["use_gpu"] else cpu_engine(g, model_dir)
+    try:
+        predictor = inference.create_predictor(_paddle_config(g, model_dir, engine))
+    except RuntimeError as error:
+        if engine != "openvino":
+            raise
+        # a program of someone else's with an operator OpenVINO cannot convert
+        engine = cpu_fallback_engine(g)
+        logger.info(f"Paddle Inference: OpenVINO could not convert {model_dir} "
+                    f"({str(error).splitlines()[0].strip()}); running {engine}")
+        predictor = inference.create_predictor(_paddle_config(g, model_dir, engine))
+    input_handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    output_handle = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run_batch(images):
+        input_handle.reshape(images.shape)
+        input_handle.copy_from_cpu(images)
+        predictor.run()
+        return output_handle.copy_to_cpu()
+
+    return run_batch
+
+
+def _paddle_config(g, model_dir, engine):
+    """Paddle Inference's Config for a deploy config's Global section on one engine."""
+    from paddle import inference
+
+    model_file, params_file = find_model_files(model_dir)
     if engine == "openvino":
         model_file = os.path.join(model_dir, LEGACY_PROGRAM)
     config = inference.Config(model_file, params_file)
@@ -177,17 +203,7 @@ def paddle_runner(g):
         config.enable_profile()  # Paddle prints its operator profile when the predictor ends
     config.switch_ir_optim(bool(g["ir_optim"]))
     config.disable_glog_info()
-    predictor = inference.create_predictor(config)
-    input_handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    output_handle = predictor.get_output_handle(predictor.get_output_names()[0])
-
-    def run_batch(images):
-        input_handle.reshape(images.shape)
-        input_handle.copy_from_cpu(images)
-        predictor.run()
-        return output_handle.copy_to_cpu()
-
-    return run_batch
+    return config
 
 
 def cpu_engine(g, model_dir):
@@ -196,7 +212,7 @@ def cpu_engine(g, model_dir):
     oneDNN about 7 ms; log/benchmark); it needs the legacy program that
     tools/export_model.py writes beside inference.json, IR optimisation, and float32.
     When it cannot run, one line says why and oneDNN (enable_mkldnn) runs instead."""
-    fallback = "onednn" if g["enable_mkldnn"] else "native"
+    fallback = cpu_fallback_engine(g)
     if not g["use_openvino"]:
         return fallback
     reason = None
@@ -209,10 +225,17 @@ def cpu_engine(g, model_dir):
                   "to get it)")
     elif not openvino_in_paddle():
         reason = "this Paddle build does not include it"
+    elif is_int8_model(os.path.join(model_dir, LEGACY_PROGRAM)):
+        reason = "it cannot convert INT8-quantized programs"
     if reason:
         logger.info(f"Paddle Inference: OpenVINO engine not used ({reason}); running {fallback}")
         return fallback
     return "openvino"
+
+
+def cpu_fallback_engine(g):
+    """The CPU engine when OpenVINO does not run: oneDNN unless enable_mkldnn is False."""
+    return "onednn" if g["enable_mkldnn"] else "native"
 
 
 def openvino_cache_dir():

@@ -319,7 +319,7 @@ def test_benchmark_tool_writes_table_csv_and_plot(tmp_path):
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
 
 
-def test_int8_models_mostly_agree_with_fp32(exported, tmp_path):
+def test_int8_models_mostly_agree_with_fp32(exported, tmp_path, monkeypatch, capsys):
     """deploy/slim/quant_post_static.py on the exported model: the Paddle INT8 model run with
     oneDNN INT8 kernels and the ONNX Runtime QDQ model predict what the FP32 model predicts."""
     model_dir = tmp_path / "model"
@@ -333,12 +333,27 @@ def test_int8_models_mostly_agree_with_fp32(exported, tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert quant.returncode == 0, quant.stderr[-3000:]
     quant_dir = model_dir / "quant_post_static_model"
+    int8_paddle = None
     fp32 = run_predictor(exported, exported["images"], tmp_path / "fp32.json")
     for extra in (["-o", "Global.use_int8=True"], ["-o", "Global.use_onnx=True", "-o", "Global.use_int8=True"]):
         int8 = run_predictor(exported, exported["images"], tmp_path / "int8.json", extra=extra, model_dir=quant_dir)
         agree = sum(a["class_ids"][0] == b["class_ids"][0] for a, b in zip(fp32, int8))
         assert agree >= 4, (extra, fp32, int8)
         np.testing.assert_allclose([r["scores"][0] for r in int8], [r["scores"][0] for r in fp32], atol=0.1)
+        int8_paddle = int8_paddle if "Global.use_onnx=True" in extra else int8
+    # without use_int8 the default config still runs it (OpenVINO cannot convert quantize ops,
+    # so one line says oneDNN runs instead), and so does the OpenVINO-first path if a program
+    # with no quantize ops fails OpenVINO's conversion all the same
+    import ppcls.inference
+
+    from_default = run_predictor(exported, exported["images"], tmp_path / "d.json", model_dir=quant_dir)
+    assert [r["class_ids"] for r in from_default] == [r["class_ids"] for r in int8_paddle]
+    monkeypatch.setattr(ppcls.inference, "cpu_engine", lambda g, model_dir: "openvino")
+    capsys.readouterr()
+    after_failure = run_predictor(exported, exported["images"], tmp_path / "f.json", model_dir=quant_dir)
+    assert [r["class_ids"] for r in after_failure] == [r["class_ids"] for r in int8_paddle]
+    said = capsys.readouterr().out
+    assert "OpenVINO could not convert" in said and "running onednn" in said, said
     # told apart by their operators (a legacy program's op-version table names quantize ops in
     # every model, so a byte search would call the FP32 program INT8 too)
     from ppcls.inference import is_int8_model
