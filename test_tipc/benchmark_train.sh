@@ -41,16 +41,8 @@ if [ -z "$batch_sizes" ] || [ -z "$norm_train" ]; then
 fi
 
 SAVE_LOG=${BENCHMARK_LOG_DIR:-test_tipc/output/${model_name}/benchmark_train}
-LOG_PATH="${SAVE_LOG}/train_log"
-mkdir -p "$LOG_PATH" "${SAVE_LOG}/index"
-status_log="${SAVE_LOG}/results.log"
-: > "$status_log"
-data_dir=$(data_dir_for "$MODE")
-if [ ! -f "${data_dir}/train_list.txt" ]; then
-    echo "no data in ${data_dir}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
-    exit 2
-fi
-failures=0
+mkdir -p "${SAVE_LOG}/index"
+start_chain "${SAVE_LOG}/train_log" "${SAVE_LOG}/results.log" "$MODE"
 GPU_AVAILABLE=0
 has_gpu && GPU_AVAILABLE=1
 IFS=';' read -ra flag_list <<< "${flags/null/}"

@@ -122,6 +122,23 @@ data_overrides() {
          "-o DataLoader.Train.loader.num_workers=0 -o DataLoader.Eval.loader.num_workers=0"
 }
 
+# start_chain LOG_DIR STATUS_LOG DATA_MODE: the globals every chain script shares. Makes
+# LOG_PATH=LOG_DIR, empties status_log=STATUS_LOG, sets failures=0 and data_dir to DATA_MODE's
+# prepared data; without that data, says which prepare.sh command makes it (from the callers'
+# FILENAME and MODE) and exits.
+start_chain() {
+    LOG_PATH=$1
+    status_log=$2
+    mkdir -p "$LOG_PATH"
+    : > "$status_log"
+    failures=0
+    data_dir=$(data_dir_for "$3")
+    if [ ! -f "${data_dir}/train_list.txt" ]; then
+        echo "no data in ${data_dir}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
+        exit 2
+    fi
+}
+
 # data_dir_for MODE -> where prepare.sh writes that mode's data
 data_dir_for() {
     case $1 in

@@ -33,16 +33,8 @@ deploy_yaml=$(param -c)
 norm_export=$(tipc_value "$FILENAME" export_params norm_export)
 pretrained_url=$(tipc_value "$FILENAME" export_params pretrained_model_url)
 
-LOG_PATH="test_tipc/output/${model_name}/${MODE}"
-mkdir -p "$LOG_PATH"
-status_log="${LOG_PATH}/results_paddle2onnx.log"
-: > "$status_log"
-data_dir=$(data_dir_for "$MODE")
-if [ ! -f "${data_dir}/train_list.txt" ]; then
-    echo "no data in ${data_dir}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
-    exit 2
-fi
-failures=0
+chain_dir="test_tipc/output/${model_name}/${MODE}"
+start_chain "$chain_dir" "${chain_dir}/results_paddle2onnx.log" "$MODE"
 
 # in_deploy PATH: PaddleClas runs the predictor from deploy/, so its config gives the script,
 # the deploy yaml and the model folder relative to deploy/; we run from the repository root.

@@ -36,19 +36,15 @@ if [ -z "$kl_quant" ] || [ "$kl_quant" = "null" ]; then
     exit 2
 fi
 
-LOG_PATH="test_tipc/output/${model_name}/${MODE}"
-mkdir -p "$LOG_PATH"
-status_log="${LOG_PATH}/results_python.log"
-: > "$status_log"
-data_dir=$(data_dir_for whole_infer)
+chain_dir="test_tipc/output/${model_name}/${MODE}"
+start_chain "$chain_dir" "${chain_dir}/results_python.log" whole_infer
 weights=$(weights_for "$model_name" "$pretrained_url")
-if [ -z "$weights" ] || [ ! -f "${data_dir}/val_list.txt" ]; then
-    echo "no weights or data: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
+if [ -z "$weights" ]; then
+    echo "no weights for ${model_name}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
     exit 2
 fi
 # the config's infer_model folder, kept under the log folder instead of the repository root
 model_dir="${LOG_PATH}/$(basename "${infer_model%/}")"
-failures=0
 
 quant_sweep() {
     local quant_dir=$1 use_gpu mkldnn threads batch int8 tag

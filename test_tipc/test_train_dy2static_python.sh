@@ -33,16 +33,8 @@ if [ -z "$norm_train" ] || [ -z "$to_static_args" ] || [ "$to_static_args" = "nu
     exit 2
 fi
 
-LOG_PATH="test_tipc/output/${model_name}/dy2static"
-mkdir -p "$LOG_PATH"
-status_log="${LOG_PATH}/results_python.log"
-: > "$status_log"
-data_dir=$(data_dir_for "$MODE")
-if [ ! -f "${data_dir}/train_list.txt" ]; then
-    echo "no data in ${data_dir}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
-    exit 2
-fi
-failures=0
+chain_dir="test_tipc/output/${model_name}/dy2static"
+start_chain "$chain_dir" "${chain_dir}/results_python.log" "$MODE"
 
 train_args="-o Global.device=cpu -o Global.epochs=${epochs} -o Global.print_batch_step=1
     -o Global.eval_during_train=False $(set_param -o\ DataLoader.Train.sampler.batch_size "$batch_size")

@@ -43,19 +43,11 @@ trt_list=$(param infer_params "-o Global.use_tensorrt")
 fp16_list=$(param infer_params "-o Global.use_fp16")
 benchmark=$(param infer_params "-o Global.benchmark")
 
-LOG_PATH="test_tipc/output/${model_name}/${MODE}"
-mkdir -p "$LOG_PATH"
-status_log="${LOG_PATH}/results_python.log"
-: > "$status_log"
-data_dir=$(data_dir_for "$MODE")
-if [ ! -f "${data_dir}/train_list.txt" ]; then
-    echo "no data in ${data_dir}: run bash test_tipc/prepare.sh ${FILENAME} ${MODE} first" >&2
-    exit 2
-fi
+chain_dir="test_tipc/output/${model_name}/${MODE}"
+start_chain "$chain_dir" "${chain_dir}/results_python.log" "$MODE"
 arch_override=${MODEL_OVERRIDE:+-o Arch.name=${MODEL_OVERRIDE}}
 GPU_AVAILABLE=0
 has_gpu && GPU_AVAILABLE=1
-failures=0
 
 # ------------------------------------------------------------ inference sweep
 # infer_sweep MODEL_DIR RUN_NAME: the predictor over the config's settings; GPU-only ones are
