@@ -113,3 +113,24 @@ def server(tmp_path, monkeypatch):
     httpd.shutdown()
     httpd.server_close()
     thread.join()
+
+
+# ------------------------------------------------- a disk that fills up
+@pytest.fixture
+def small_disk(tmp_path):
+    """A directory on a real tmpfs of 256 KiB, so writes past that fail with ENOSPC as on a
+    full disk. Mounting needs root (or a user namespace); where neither is allowed the
+    test is skipped, saying why."""
+    import subprocess
+
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): the ENOSPC "
+                    "case needs root")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
