@@ -134,8 +134,8 @@ class Engine:
         error = None
         if int(os.environ.get("PADDLE_LOCAL_RANK", self.rank)) == 0:
             try:
-                for url, sha256 in urls:
-                    fetch(url, sha256=sha256)
+                for url, sha256, max_bytes in urls:
+                    fetch(url, sha256=sha256, max_bytes=max_bytes)
             except WeightsError as err:
                 error = err
         (failed,) = replicas.any_rank([error is not None], self.world_size)
