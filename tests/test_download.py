@@ -11,7 +11,9 @@ from ppcls.utils.errors import WeightsError
 from ppcls.weights import download
 from ppcls.weights.download import cache_dir, fetch
 
-DATA = bytes(range(256)) * 1200  # 300 KiB: several read chunks
+# 300 KiB (several read chunks) that start like a pickle, as Paddle's .pdparams do: fetch caches
+# only what looks like weights (test_download_limits.py)
+DATA = b"\x80\x04\x95" + bytes(range(256)) * 1200
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
@@ -168,11 +170,12 @@ def test_5xx_every_time_fails_after_retries_keeping_part(server):
 
 
 def test_same_basename_different_urls_do_not_collide(server):
-    url_a = serve(server, "timm/a/resolve/main/model.safetensors", b"first")
-    url_b = serve(server, "timm/b/resolve/main/model.safetensors", b"second")
+    first, second = DATA[:3] + b"first", DATA[:3] + b"second"
+    url_a = serve(server, "timm/a/resolve/main/model.safetensors", first)
+    url_b = serve(server, "timm/b/resolve/main/model.safetensors", second)
     path_a, path_b = fetch(url_a), fetch(url_b)
     assert path_a != path_b
-    assert (path_a.read_bytes(), path_b.read_bytes()) == (b"first", b"second")
+    assert (path_a.read_bytes(), path_b.read_bytes()) == (first, second)
 
 
 def test_cache_path_escapes_and_decodes():

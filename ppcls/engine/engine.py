@@ -34,6 +34,7 @@ from ppcls.data import build_dataloader
 from ppcls.engine import replicas
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
+from ppcls.engine.run_lock import RunLock, make_output_dir
 from ppcls.engine.stop_signals import StopSignals
 from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
@@ -91,7 +92,10 @@ class Engine:
         self.arch_name = config["Arch"]["name"]
         self.output_dir = os.path.join(self.g["output_dir"], self.arch_name)
         self._setup_processes()
+        self.run_lock = self._claim_output_dir()
         logger.setup(os.path.join(self.output_dir, f"{mode}.log"))
+        if self.run_lock and self.run_lock.notice:
+            logger.warning(self.run_lock.notice)
         self.signals, self.last_saved = StopSignals(), None  # handlers installed by train()
         self.checkpoint_state = self._read_resume_state()
         self.seed = replicas.common_seed(self._choose_seed(), self.world_size)
@@ -125,6 +129,26 @@ class Engine:
         if self.world_size > 1:
             dist.init_parallel_env()
 
+    def _claim_output_dir(self):
+        """Rank 0 writes the output directory: it creates it and, to train, locks it for
+        this run (run_lock.py). Every rank learns whether it could, so that all stop."""
+        lock, error = None, None
+        if self.rank == 0:
+            try:
+                make_output_dir(self.output_dir, self.g["output_dir"])
+                if self.mode == "train":
+                    lock = RunLock.acquire(self.output_dir)
+            except ConfigError as err:
+                error = err
+        if self.world_size > 1:
+            (failed,) = replicas.any_rank([error is not None], self.world_size)
+            if failed and error is None:
+                raise ConfigError(f"rank 0 could not use {self.output_dir}: see its error "
+                                  "(workerlog.0 under the launch log_dir)")
+        if error is not None:
+            raise error
+        return lock
+
     def _download_weights_once(self):
         """Weights named by URL are downloaded by one process per machine while the others
         wait; then all of them find the file in the cache (no two write one file)."""
@@ -134,8 +158,8 @@ class Engine:
         error = None
         if int(os.environ.get("PADDLE_LOCAL_RANK", self.rank)) == 0:
             try:
-                for url, sha256 in urls:
-                    fetch(url, sha256=sha256)
+                for url, sha256, max_bytes in urls:
+                    fetch(url, sha256=sha256, max_bytes=max_bytes)
             except WeightsError as err:
                 error = err
         (failed,) = replicas.any_rank([error is not None], self.world_size)
@@ -328,6 +352,14 @@ class Engine:
 
     # ------------------------------------------------------------- training
     def train(self):
+        """Train; the output directory's lock is released when training ends, however."""
+        try:
+            return self._train()
+        finally:
+            if self.run_lock:
+                self.run_lock.release()
+
+    def _train(self):
         epochs = self.g["epochs"]
         logger.info("training %s for %d epochs, %d iterations each, seed %d, %d process(es)",
                     self.arch_name, epochs, self.steps_per_epoch, self.seed, self.world_size)

@@ -7,7 +7,8 @@
                     crash-safe save, finding and resuming the newest complete one
     model_files.py  the files of an exported model (Paddle Inference, ONNX)
     converter.py    torchvision / timm / reproduction checkpoints -> our `.pdparams`
-    download.py     fetch a URL into the cache (cache_dir), SHA-256 checked, resumable
+    download.py     fetch a URL into the cache (cache_dir): size- and time-bounded,
+                    content and SHA-256 checked, resumable
     torch_pickle.py PyTorch `torch.save` files as numpy arrays, without PyTorch and
                     without running code from the file
 

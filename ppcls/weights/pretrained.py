@@ -45,13 +45,13 @@ def is_url(location):
     return str(location).startswith(("http://", "https://"))
 
 
-def local_file(location, sha256=None):
+def local_file(location, sha256=None, max_bytes=None):
     """The local file for a path, a prefix (`.pdparams` added) or a URL (downloaded)."""
     location = str(location)
     if is_url(location):
         from ppcls.weights.download import fetch
 
-        return str(fetch(location, sha256=sha256))
+        return str(fetch(location, sha256=sha256, max_bytes=max_bytes))
     return location if os.path.isfile(location) else resolve_params_path(location)
 
 
@@ -74,10 +74,10 @@ def detect_source(state, where):
                        f"first keys: {', '.join(sorted(keys)[:3])})")
 
 
-def read_pretrained(location, sha256=None):
+def read_pretrained(location, sha256=None, max_bytes=None):
     from ppcls.weights.converter import read_checkpoint
 
-    path = local_file(location, sha256)
+    path = local_file(location, sha256, max_bytes)
     state = read_checkpoint(path)
     return Pretrained(str(location), path, state, detect_source(state, path))
 
@@ -133,10 +133,11 @@ def source_preprocess(source, variant_name):
 
 
 def load_pretrained_weights(model, location, configured_stem_relu=None, sha256=None,
-                            skip_mismatched_classifier=True):
+                            skip_mismatched_classifier=True, max_bytes=None):
     """Read, convert and load weights from `location` into `model`. A classifier of another
-    class_num stays freshly initialised, with a log line, unless told otherwise."""
-    pretrained = read_pretrained(location, sha256)
+    class_num stays freshly initialised, with a log line, unless told otherwise. `sha256`
+    and `max_bytes` check a download (see download.fetch)."""
+    pretrained = read_pretrained(location, sha256, max_bytes)
     follow_topology(model, pretrained, configured_stem_relu)
     state = to_our_names(model, pretrained)
     skip = ("fc.",) if skip_mismatched_classifier else ()
@@ -169,7 +170,8 @@ def load_arch_pretrained(model, variant, pretrained, configured_stem_relu=None):
     if pretrained is True or pretrained in ("torchvision", "timm"):
         weights = published_weights(variant, pretrained)
         logger.info("Arch.pretrained: %s's %s", weights.source, weights.name)
-        return load_pretrained_weights(model, weights.url, configured_stem_relu, sha256=weights.sha256)
+        return load_pretrained_weights(model, weights.url, configured_stem_relu,
+                                       sha256=weights.sha256, max_bytes=weights.max_bytes)
     return load_pretrained_weights(model, pretrained, configured_stem_relu)
 
 
@@ -205,19 +207,20 @@ def eval_transform_ops_for(model, configured, where):
 
 
 def urls_to_fetch(config):
-    """(url, sha256) of every download the config's weights need: Global.pretrained_model and
-    Arch.pretrained given as URLs, and Arch.pretrained True/"torchvision"/"timm"."""
+    """(url, sha256, max_bytes) of every download the config's weights need:
+    Global.pretrained_model and Arch.pretrained given as URLs, and Arch.pretrained
+    True/"torchvision"/"timm" (checked against their record's digest and size)."""
     from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANT_BY_NAME
 
     urls = []
     location = config["Global"].get("pretrained_model")
     if location and is_url(location):
-        urls.append((str(location), None))
+        urls.append((str(location), None, None))
     arch = config["Arch"]
     pretrained = arch.get("pretrained")
     if pretrained is True or pretrained in ("torchvision", "timm"):
         weights = published_weights(VARIANT_BY_NAME[arch["name"]], pretrained)
-        urls.append((weights.url, weights.sha256))
+        urls.append((weights.url, weights.sha256, weights.max_bytes))
     elif isinstance(pretrained, str) and is_url(pretrained):
-        urls.append((pretrained, None))
+        urls.append((pretrained, None, None))
     return urls
