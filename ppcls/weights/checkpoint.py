@@ -16,6 +16,7 @@ read back by paddle_pickle's allow-list reader: nothing in a checkpoint can run 
 `.pdstates` stays a paddle.save pickle for the same reason, rather than JSON.
 """
 
+import errno
 import glob
 import hashlib
 import os
@@ -97,11 +98,30 @@ def is_complete(prefix):
 
 
 def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
-    """Write a checkpoint so that `prefix` or its `.previous` copy is always complete."""
+    """Write a checkpoint so that `prefix` or its `.previous` copy is always complete. A full
+    disk is a one-line WeightsError naming the directory, after removing what this save
+    staged (so that the disk is not left full)."""
     directory = os.path.dirname(prefix) or "."
+    try:
+        _save(prefix, directory, model, optimizer, ema, state)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _remove_staged(prefix)
+        raise WeightsError(
+            f"no space left on the device to save the checkpoint {prefix}: free space in "
+            f"{directory} or set Global.output_dir to a disk with room; the last complete "
+            "checkpoint there is kept") from None
+
+
+def _remove_staged(prefix):
+    for staged in glob.glob(glob.escape(prefix) + ".*.tmp*"):
+        os.remove(staged)
+
+
+def _save(prefix, directory, model, optimizer, ema, state):
     os.makedirs(directory, exist_ok=True)
-    for stale in glob.glob(glob.escape(prefix) + ".*.tmp*"):  # from a save that crashed
-        os.remove(stale)
+    _remove_staged(prefix)  # from a save that crashed
     parts = {".pdparams": model.state_dict()}
     if optimizer is not None:
         parts[".pdopt"] = optimizer_state_for_saving(optimizer, model)
