@@ -175,6 +175,7 @@ def test_a_states_file_beside_good_weights_that_would_run_code_is_refused(
 def test_the_genuine_checkpoint_still_resumes(digits, tmp_path, capsys, trained):
     prefix, _ = copy_checkpoint(trained, tmp_path)
     code, err = run_tool(train_tool, config_args(digits_overrides(
-        digits, tmp_path / "out", epochs=2, extra=["EMA.decay=0.5", "Global.eval_during_train=False",
-                                                   f"Global.checkpoints={prefix}"])), capsys)
+        digits, tmp_path / "out", epochs=2, extra=[
+            "EMA.decay=0.5", "Global.eval_during_train=False", f"Global.checkpoints={prefix}"])),
+        capsys)
     assert code == 0, err

@@ -457,16 +457,17 @@ def latest_state(out):
 
 
 def assert_same_final_checkpoint(reference, resumed):
-    full, again = read_state_dict(f"{reference}.pdparams"), read_state_dict(f"{resumed}.pdparams")
+    full, again = (read_state_dict(f"{p}.pdparams") for p in (reference, resumed))
     for key in full:
         np.testing.assert_array_equal(full[key], again[key], err_msg=key)
-    opt_full, opt_again = read_paddle_file(f"{reference}.pdopt"), read_paddle_file(f"{resumed}.pdopt")
+    opt_full, opt_again = (read_paddle_file(f"{p}.pdopt") for p in (reference, resumed))
     assert opt_full.keys() == opt_again.keys()
     for key in opt_full:
         if key != "LR_Scheduler":
             np.testing.assert_array_equal(opt_full[key], opt_again[key], key)
     assert opt_full["LR_Scheduler"] == opt_again["LR_Scheduler"]
-    assert checkpoint.read_states(str(reference))["best"] == checkpoint.read_states(str(resumed))["best"]
+    best_full, best_again = (checkpoint.read_states(str(p))["best"] for p in (reference, resumed))
+    assert best_full == best_again
 
 
 def resume(digits, output_dir, latest):

@@ -231,8 +231,9 @@ def read_checkpoint(path):
     """Read a reference checkpoint as name -> numpy array. The format is recognised by the
     file's content, whatever its extension: a PyTorch `torch.save` file (zip or legacy;
     read without PyTorch), `.safetensors`, `.npz` or Paddle's `.pdparams` (any other
-    pickle); pickles that would run code are refused. Usual wrappers ({'state_dict': ...}, 'module.' prefixes) are
-    unwrapped; values that are not tensors (epoch counters and the like) are dropped."""
+    pickle); pickles that would run code are refused. Usual wrappers ({'state_dict': ...},
+    'module.' prefixes) are unwrapped; values that are not tensors (epoch counters and the
+    like) are dropped."""
     path = str(path)
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint not found: {path}")
