@@ -111,6 +111,22 @@ def test_checkpoint_with_optimizer_state_resumes_exactly(tmp_path, name, master_
         np.testing.assert_array_equal(resumed_value.numpy(), value.numpy(), err_msg=key)
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_optimizer_state_with_master_weights_reads_as_paddle_load_gives_it(tmp_path, protocol):
+    """Master weights make the optimizer state no state dict for paddle.save: its Tensors
+    are pickled as (name, array) through builtins.tuple (__builtin__.tuple at protocol 2)."""
+    model, optimizer, schedule = training_setup("Momentum", master_weights=True)
+    train_steps(model, optimizer, schedule, 1, seed=0)
+    path = tmp_path / "latest.pdopt"
+    expected = optimizer.state_dict()
+    paddle.save(expected, str(path), protocol=protocol)
+    read = read_paddle_file(path)
+    assert read.keys() == expected.keys() and read["LR_Scheduler"] == expected["LR_Scheduler"]
+    assert_same_arrays(read.pop("master_weights"), expected.pop("master_weights"))
+    del read["LR_Scheduler"], expected["LR_Scheduler"]
+    assert_same_arrays(read, expected)  # the accumulators
+
+
 def test_training_state_file_round_trips(tmp_path):
     """What the engine stores in `.pdstates`: numbers, nested dicts, tuples, None, a numpy
     scalar and the GradScaler's array."""
