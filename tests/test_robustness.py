@@ -20,8 +20,9 @@ from ppcls.data.dataloader import ImageNetDataset
 from ppcls.engine.engine import Engine
 from ppcls.utils.cli import run
 from ppcls.utils.config import get_config, parse_args
-from ppcls.utils.errors import ConfigError, DataError, TrainingDiverged
-from ppcls.weights import checkpoint
+from ppcls.utils.errors import ConfigError, DataError, TrainingDiverged, WeightsError
+from ppcls.weights import checkpoint, read_state_dict
+from ppcls.weights.paddle_pickle import read_paddle_file
 from tools import eval as eval_tool
 from tools import train as train_tool
 
@@ -389,6 +390,46 @@ def test_a_corrupt_checkpoint_without_a_previous_copy_is_named(tmp_path):
         checkpoint.find_checkpoint(prefix)
 
 
+def tiny_training_state(seed):
+    """A Linear(64, 64) and its Momentum state after one step: ~33 kB as a checkpoint."""
+    paddle.seed(seed)
+    model = paddle.nn.Linear(64, 64)
+    opt = paddle.optimizer.Momentum(0.1, parameters=model.parameters())
+    model(paddle.randn([2, 64])).mean().backward()
+    opt.step()
+    return model, opt
+
+
+def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_last_checkpoint(small_disk):
+    prefix = str(small_disk / "latest")
+    first = tiny_training_state(0)
+    checkpoint.save_checkpoint(prefix, *first, state={"epoch": 1})
+    stat = os.statvfs(small_disk)
+    filler = stat.f_bavail * stat.f_frsize - 24 * 1024  # leaves less than a checkpoint needs
+    (small_disk / "filler").write_bytes(bytes(filler))
+    with pytest.raises(WeightsError) as err:
+        checkpoint.save_checkpoint(prefix, *tiny_training_state(1), state={"epoch": 2})
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"no space left on the device to save the checkpoint {prefix}:")
+    assert f"free space in {small_disk}" in message and "Global.output_dir" in message
+    assert sorted(os.listdir(small_disk)) == ["filler"] + [f"latest{ext}" for ext in (
+        ".pdopt", ".pdparams", ".pdstates")]  # no temporary file left filling the disk
+    model, opt = tiny_training_state(2)
+    state = checkpoint.load_checkpoint(checkpoint.find_checkpoint(prefix), model, opt)
+    assert state["epoch"] == 1
+    np.testing.assert_array_equal(model.weight.numpy(), first[0].weight.numpy())
+
+
+def test_a_full_disk_stops_training_with_one_line(digits, small_disk, capsys):
+    args = config_args(digits_overrides(digits, small_disk, epochs=1))
+    code, out = run_cli(train_tool, args, capsys)
+    assert code == 2, out.err
+    assert re.fullmatch(rf"error: no space left on the device to save the checkpoint "
+                        rf"{small_disk}/{ARCH_DIR}/\w+: free space in {small_disk}/{ARCH_DIR} "
+                        r"or set Global.output_dir to a disk with room; .*\n", out.err), out.err
+
+
 # ---------------------------------------------------------- kills and signals
 def train_command(digits, output_dir, extra=()):
     overrides = digits_overrides(digits, output_dir, epochs=3, extra=[
@@ -410,22 +451,23 @@ def uninterrupted(digits, tmp_path_factory):
 
 def latest_state(out):
     try:
-        return paddle.load(str(out / "latest.pdstates"))
+        return checkpoint.read_states(str(out / "latest"))
     except Exception:  # noqa: BLE001 - not written yet
         return None
 
 
 def assert_same_final_checkpoint(reference, resumed):
-    full, again = paddle.load(f"{reference}.pdparams"), paddle.load(f"{resumed}.pdparams")
+    full, again = (read_state_dict(f"{p}.pdparams") for p in (reference, resumed))
     for key in full:
-        np.testing.assert_array_equal(full[key].numpy(), again[key].numpy(), err_msg=key)
-    opt_full, opt_again = paddle.load(f"{reference}.pdopt"), paddle.load(f"{resumed}.pdopt")
+        np.testing.assert_array_equal(full[key], again[key], err_msg=key)
+    opt_full, opt_again = (read_paddle_file(f"{p}.pdopt") for p in (reference, resumed))
     assert opt_full.keys() == opt_again.keys()
     for key in opt_full:
         if key != "LR_Scheduler":
-            np.testing.assert_array_equal(opt_full[key].numpy(), opt_again[key].numpy(), key)
+            np.testing.assert_array_equal(opt_full[key], opt_again[key], key)
     assert opt_full["LR_Scheduler"] == opt_again["LR_Scheduler"]
-    assert paddle.load(f"{reference}.pdstates")["best"] == paddle.load(f"{resumed}.pdstates")["best"]
+    best_full, best_again = (checkpoint.read_states(str(p))["best"] for p in (reference, resumed))
+    assert best_full == best_again
 
 
 def resume(digits, output_dir, latest):

@@ -253,3 +253,62 @@ def test_torch_zip_of_other_layout_is_refused(tmp_path):
         archive.writestr("b/data.pkl", pickle.dumps({}, protocol=2))
     with pytest.raises(WeightsError, match="not a checkpoint format"):
         read_checkpoint(path)
+
+
+# --- bounds: a small file may not cost unbounded memory or time ---
+
+def test_shared_nested_lists_are_refused(tmp_path):
+    """A list holding the previous list twice, 60 deep: under 600 bytes, 2**60 nodes for
+    anything that walks the result as a tree."""
+    data = b"\x80\x02]q\x00"
+    for i in range(1, 61):
+        data += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i])
+    assert len(data) < 600
+    path = tmp_path / "w.pth"
+    tf.save_raw_pickle(data + b".", path)
+    with pytest.raises(WeightsError, match="shares its containers more than a saved state"):
+        read_torch_file(path)
+
+
+@pytest.mark.parametrize("layout", [{}, {"legacy": True}], ids=["zip", "legacy"])
+def test_a_stride_0_view_larger_than_its_storage_is_refused(tmp_path, layout):
+    """25000 x 25000 float32 elements, all the one element of the storage: 2.5 GB (and 5 GB
+    of index) from a file of a few hundred bytes."""
+    one = tf.Storage(np.ones(1, np.float32))
+    with pytest.raises(WeightsError, match=r"w\.pth: a tensor of shape \[25000, 25000\] "
+                                           r"\(625000000 elements\) views a storage of 1: "
+                                           r"expanded views \(stride 0 or overlapping\)"):
+        read({"t": tf.Tensor(one, 0, (25000, 25000), (0, 0))}, tmp_path, **layout)
+
+
+def test_many_views_of_one_storage_cannot_exceed_it(tmp_path):
+    """Each view fits the storage, but 1000 of them would copy it 1000 times."""
+    storage = tf.Storage(np.zeros(10_000, np.float32))
+    state = {f"t{i}": tf.Tensor(storage, 0, (10_000,), (1,)) for i in range(1000)}
+    with pytest.raises(WeightsError, match=r"tensors would hold more elements than its "
+                                           r"storages \(10000\)"):
+        read(state, tmp_path)
+
+
+def test_a_compressed_member_larger_than_the_file_is_refused(tmp_path):
+    """torch.save stores members uncompressed; a deflated one may unpack to far more."""
+    path = tmp_path / "w.pth"
+    tf.save({"t": tf.tensor(np.zeros(4, np.float32))}, path)
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path) as good, zipfile.ZipFile(bomb, "w") as bad:
+        for info in good.infolist():
+            data = good.read(info)
+            if info.filename.endswith("/data/0"):
+                data = bytes(50_000_000)
+            bad.writestr(info.filename, data, zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(WeightsError, match=r"member archive/data/0 unpacks to 50000000 bytes, "
+                                           r"more than the whole file"):
+        read_torch_file(bomb)
+
+
+def test_a_huge_memo_index_is_refused_before_unpickling(tmp_path):
+    path = tmp_path / "w.pth"
+    tf.save_raw_pickle(b"\x80\x02Nr" + (2 ** 27).to_bytes(4, "little") + b".", path)
+    with pytest.raises(WeightsError, match=r"memo index 134217728"):
+        read_torch_file(path)

@@ -14,6 +14,7 @@ from conftest import QUICK_START, ROOT, config_args, digits_overrides
 from ppcls.engine.engine import Engine
 from ppcls.ops import depthwise_conv
 from ppcls.utils.config import get_config
+from ppcls.weights import read_states
 
 CHECKPOINT_FILES = (".pdparams", ".pdopt", ".pdstates")
 
@@ -25,10 +26,6 @@ def make_engine(digits, output_dir, mode="train", **kwargs):
 def read_log_losses(output_dir):
     log = open(os.path.join(output_dir, "MnasNet_B1_x0_5", "train.log")).read()
     return [float(x) for x in re.findall(r"\[Iter: \d+/\d+\]lr: [\d.]+, CELoss: ([\d.]+)", log)]
-
-
-def weights(path):
-    return {k: v.numpy() for k, v in paddle.load(path).items()}
 
 
 def test_training_lowers_loss_and_writes_checkpoints(digits, tmp_path):
@@ -44,7 +41,7 @@ def test_training_lowers_loss_and_writes_checkpoints(digits, tmp_path):
     for name in ("best_model", "latest", "epoch_1", "epoch_2", "epoch_3"):
         for suffix in CHECKPOINT_FILES:
             assert (out / (name + suffix)).is_file(), name + suffix
-    state = paddle.load(str(out / "latest.pdstates"))
+    state = read_states(str(out / "latest"))
     assert state["epoch"] == 3 and state["iter"] == 6 and state["seed"] == 7
     assert state["best"]["epoch"] >= 1 and 0 <= state["best"]["metric"] <= 1
 
@@ -105,7 +102,7 @@ def test_best_model_metric_equals_eval_tool(digits, tmp_path, ema):
     extra = ["EMA.decay=0.9"] if ema else []
     make_engine(digits, tmp_path, epochs=2, extra=extra).train()
     best = tmp_path / "MnasNet_B1_x0_5" / "best_model"
-    state = paddle.load(str(best) + ".pdstates")
+    state = read_states(str(best))
     assert os.path.isfile(str(best) + ".pdema") == ema
     output = run_tool("tools/eval.py", *config_args(digits_overrides(digits, tmp_path / "eval"),
                                                     f"Global.pretrained_model={best}", *extra))

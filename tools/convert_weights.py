@@ -11,9 +11,9 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from ppcls.arch.registry import available_models  # noqa: E402
+from ppcls.utils.cli import run  # noqa: E402
 from ppcls.weights.converter import (  # noqa: E402
     SOURCES, convert_state_dict, read_checkpoint, save_pdparams)
-from ppcls.utils.errors import WeightsError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -32,17 +32,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        source_state = read_checkpoint(args.src)
-        state, stem_relu = convert_state_dict(source_state, args.source, args.arch,
-                                              args.class_num)
-        save_pdparams(state, args.dst, stem_relu)
-    except WeightsError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Exit code 0, or 2 with one line for a checkpoint that cannot be converted (see
+    ppcls.utils.cli)."""
+    return run(convert, parse_args(argv))
+
+
+def convert(args):
+    source_state = read_checkpoint(args.src)
+    state, stem_relu = convert_state_dict(source_state, args.source, args.arch, args.class_num)
+    save_pdparams(state, args.dst, stem_relu)
     print(f"converted {len(state)} tensors from {args.src} ({args.source}) to {args.dst}")
     print(f"these weights need stem_relu={stem_relu}, recorded in "
           f"{os.path.splitext(args.dst)[0]}.pdstates: loading them applies it (leave "

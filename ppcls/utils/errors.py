@@ -16,6 +16,11 @@ class DataError(ValueError):
     """A label list entry or an image file that cannot be used."""
 
 
+class UnsafeFileError(WeightsError):
+    """A pickled file that names a function, or uses an operation, outside the allow-list of
+    its format: loading it could run code, so it is refused before anything in it runs."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or the weights) became NaN or infinite; nothing was saved after it."""
 
@@ -38,3 +43,4 @@ def unknown(what, word, choices):
     """The error for a name that is not one of `choices`."""
     return ConfigError(f"unknown {what} {word!r}{did_you_mean(word, choices)}; allowed: "
                        + ", ".join(str(c) for c in choices))
+

@@ -9,12 +9,18 @@
     converter.py    torchvision / timm / reproduction checkpoints -> our `.pdparams`
     download.py     fetch a URL into the cache (cache_dir): size- and time-bounded,
                     content and SHA-256 checked, resumable
+    paddle_pickle.py `paddle.save` files (.pdparams, .pdopt, .pdema, .pdstates) as numpy
+                    arrays and plain containers, refusing any that would run code
     torch_pickle.py PyTorch `torch.save` files as numpy arrays, without PyTorch and
                     without running code from the file
+    safe_pickle.py  what those two share: the opcode scan, the allow-list unpickler and
+                    the bounded rebuild of the containers
 
-Imports run one way: checkpoint and pretrained use loading (pretrained also the converter
-and download, when it needs them); the converter uses torch_pickle; loading, model_files,
-download and torch_pickle use no other module here. The converter is not re-exported: it
+No file is read with paddle.load or pickle.load: every pickle goes through paddle_pickle or
+torch_pickle. Imports run one way: checkpoint and pretrained use loading (pretrained also
+the converter and download, when it needs them); loading, checkpoint and the converter use
+paddle_pickle, the converter torch_pickle; both of those use safe_pickle only; model_files
+and download use no other module here. The converter is not re-exported: it
 needs the model registry (ppcls.arch), which the deployed predictor, importing model_files,
 should not load.
 Import it as `ppcls.weights.converter`.

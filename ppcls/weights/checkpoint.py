@@ -10,8 +10,13 @@ A save must never leave a checkpoint that cannot be resumed, wherever it is inte
   4. the `.previous` links are removed.
 A reader checks the parts against the manifest in `.pdstates`; if they do not match (the
 save stopped in step 3) it uses the `.previous` copy, which step 2 left complete.
+
+Every part is written by paddle.save, as PaddleClas writes them (its tools read ours), and
+read back by paddle_pickle's allow-list reader: nothing in a checkpoint can run code. The
+`.pdstates` stays a paddle.save pickle for the same reason, rather than JSON.
 """
 
+import errno
 import glob
 import hashlib
 import os
@@ -20,11 +25,13 @@ import shutil
 import paddle
 
 from ppcls.utils import logger
-from ppcls.utils.errors import WeightsError
+from ppcls.utils.errors import UnsafeFileError, WeightsError
 from ppcls.weights.loading import (check_compatible, read_state_dict, resolve_params_path,
                                   strip_params_suffix)
+from ppcls.weights.paddle_pickle import read_paddle_file
 
 PARTS = (".pdparams", ".pdopt", ".pdema", ".pdstates")  # .pdstates, the manifest, last
+MAX_STATES_BYTES = 16 << 20  # ours hold a few kB: epoch, metrics, schedule, manifest
 
 
 def _sha256(path):
@@ -68,28 +75,53 @@ def _link_or_copy(src, dst):
 
 
 def is_complete(prefix):
-    """True when `<prefix>.pdstates` reads and every part it lists matches its manifest.
-    Checkpoints written before manifests existed are trusted if their `.pdparams` exists."""
+    """True when `<prefix>.pdstates` reads and every part it lists matches its manifest
+    (all sizes first, then the digests). Checkpoints written before manifests existed are
+    trusted if their `.pdparams` exists. A `.pdstates` that would run code is refused."""
     try:
-        state = paddle.load(prefix + ".pdstates")
-    except Exception:  # noqa: BLE001 - missing or truncated: not complete
+        state = read_states(prefix)
+    except UnsafeFileError:
+        raise
+    except (OSError, WeightsError):  # missing or truncated: not complete
         return False
-    manifest = state.get("files") if isinstance(state, dict) else None
+    manifest = state.get("files")
     if manifest is None:
         return os.path.isfile(prefix + ".pdparams")
-    for ext, (size, digest) in manifest.items():
-        path = prefix + ext
-        if not os.path.isfile(path) or os.path.getsize(path) != size or _sha256(path) != digest:
-            return False
-    return True
+    if not isinstance(manifest, dict) or not all(
+            ext in PARTS and isinstance(entry, tuple) and len(entry) == 2
+            for ext, entry in manifest.items()):
+        return False
+    if not all(os.path.isfile(prefix + ext) and os.path.getsize(prefix + ext) == size
+               for ext, (size, _) in manifest.items()):
+        return False
+    return all(_sha256(prefix + ext) == digest for ext, (_, digest) in manifest.items())
 
 
 def save_checkpoint(prefix, model, optimizer=None, ema=None, state=None):
-    """Write a checkpoint so that `prefix` or its `.previous` copy is always complete."""
+    """Write a checkpoint so that `prefix` or its `.previous` copy is always complete. A full
+    disk is a one-line WeightsError naming the directory, after removing what this save
+    staged (so that the disk is not left full)."""
     directory = os.path.dirname(prefix) or "."
+    try:
+        _save(prefix, directory, model, optimizer, ema, state)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _remove_staged(prefix)
+        raise WeightsError(
+            f"no space left on the device to save the checkpoint {prefix}: free space in "
+            f"{directory} or set Global.output_dir to a disk with room; the last complete "
+            "checkpoint there is kept") from None
+
+
+def _remove_staged(prefix):
+    for staged in glob.glob(glob.escape(prefix) + ".*.tmp*"):
+        os.remove(staged)
+
+
+def _save(prefix, directory, model, optimizer, ema, state):
     os.makedirs(directory, exist_ok=True)
-    for stale in glob.glob(glob.escape(prefix) + ".*.tmp*"):  # from a save that crashed
-        os.remove(stale)
+    _remove_staged(prefix)  # from a save that crashed
     parts = {".pdparams": model.state_dict()}
     if optimizer is not None:
         parts[".pdopt"] = optimizer_state_for_saving(optimizer, model)
@@ -178,7 +210,34 @@ def optimizer_state_for_loading(state, model):
 
 
 def read_states(prefix):
-    return paddle.load(prefix + ".pdstates")
+    """The training state dict in `<prefix>.pdstates` (see `_state` in the engine)."""
+    path = prefix + ".pdstates"
+    size = os.path.getsize(path)
+    if size > MAX_STATES_BYTES:
+        raise WeightsError(f"{path} is {size} bytes: a training state file is a few kB, so "
+                           f"this is not one (at most {MAX_STATES_BYTES} bytes are read)")
+    state = read_paddle_file(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a training state")
+    return state
+
+
+def _read_optimizer_state(prefix, model):
+    """`<prefix>.pdopt` as the optimizer's `set_state_dict` needs it. It takes accumulators
+    and the schedule's state as arrays, but keeps master weights as it gets them and computes
+    with them, so those become Tensors (as paddle.load made them)."""
+    path = prefix + ".pdopt"
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path} is missing; cannot resume the optimizer")
+    state = read_paddle_file(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not an optimizer state")
+    state = optimizer_state_for_loading(state, model)
+    masters = state.get("master_weights")
+    if isinstance(masters, dict):
+        state["master_weights"] = {name: paddle.to_tensor(value)
+                                   for name, value in masters.items()}
+    return state
 
 
 def load_checkpoint(prefix, model, optimizer=None, ema=None):
@@ -188,9 +247,7 @@ def load_checkpoint(prefix, model, optimizer=None, ema=None):
     weights = read_state_dict(prefix + ".pdparams")
     model.set_state_dict(check_compatible(model, weights, prefix + ".pdparams"))
     if optimizer is not None:
-        if not os.path.isfile(prefix + ".pdopt"):
-            raise WeightsError(f"{prefix}.pdopt is missing; cannot resume the optimizer")
-        optimizer.set_state_dict(optimizer_state_for_loading(paddle.load(prefix + ".pdopt"), model))
+        optimizer.set_state_dict(_read_optimizer_state(prefix, model))
     if ema is not None:
         if os.path.isfile(prefix + ".pdema"):
             ema.set_state_dict(read_state_dict(prefix + ".pdema"))

@@ -15,6 +15,7 @@ import numpy as np
 from ppcls.arch.registry import get_model_builder
 from ppcls.utils.errors import WeightsError
 from ppcls.weights import torch_pickle
+from ppcls.weights.paddle_pickle import read_paddle_file
 
 SOURCES = ("torchvision", "timm", "reproduction")
 
@@ -204,15 +205,11 @@ def checkpoint_format(path):
     header_length = int.from_bytes(head[:8], "little")
     if head[8:9] == b"{" and 0 < header_length <= _SAFETENSORS_MAX_HEADER:
         return "safetensors"
-    if head[:1] == b"\x80":  # a pickle's PROTO opcode: Paddle's, or an old torch.save
+    # A pickle's PROTO opcode: an old torch.save, else read as Paddle's. Either reader
+    # refuses a pickle that names anything outside its allow-list, whatever the file's name.
+    if head[:1] == b"\x80":
         return "torch" if torch_pickle.is_legacy_file(head) else "pdparams"
     return None
-
-
-def _read_pdparams(path):
-    import paddle
-
-    return {k: np.asarray(v) for k, v in paddle.load(path).items()}
 
 
 def _read_npz(path):
@@ -227,15 +224,16 @@ def _read_safetensors(path):
 
 
 _READERS = {"torch": torch_pickle.read_torch_file, "safetensors": _read_safetensors,
-            "npz": _read_npz, "pdparams": _read_pdparams}
+            "npz": _read_npz, "pdparams": read_paddle_file}
 
 
 def read_checkpoint(path):
     """Read a reference checkpoint as name -> numpy array. The format is recognised by the
     file's content, whatever its extension: a PyTorch `torch.save` file (zip or legacy;
-    read without PyTorch, refusing any that would run code), `.safetensors`, `.npz` or
-    Paddle's `.pdparams`. Usual wrappers ({'state_dict': ...}, 'module.' prefixes) are
-    unwrapped; values that are not tensors (epoch counters and the like) are dropped."""
+    read without PyTorch), `.safetensors`, `.npz` or Paddle's `.pdparams` (any other
+    pickle); pickles that would run code are refused. Usual wrappers ({'state_dict': ...},
+    'module.' prefixes) are unwrapped; values that are not tensors (epoch counters and the
+    like) are dropped."""
     path = str(path)
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint not found: {path}")

@@ -2,10 +2,11 @@
 
 import os
 
-import paddle
+import numpy as np
 
 from ppcls.utils import logger
 from ppcls.utils.errors import WeightsError
+from ppcls.weights.paddle_pickle import read_paddle_file
 
 PARAMS_SUFFIX = ".pdparams"
 
@@ -29,15 +30,16 @@ def resolve_params_path(path):
 
 
 def read_state_dict(path):
-    """Read a `.pdparams` file into a dict of tensors; a corrupt file is a WeightsError."""
+    """Read a `.pdparams` (or `.pdema`) file into a dict of numpy arrays, with the safe
+    reader (paddle_pickle); a corrupt or unsafe file is a WeightsError."""
     path = resolve_params_path(path)
-    try:
-        state = paddle.load(path)
-    except Exception as err:  # paddle raises several types for truncated pickles
-        raise WeightsError(f"cannot read weights file {path}: it is truncated or not a "
-                           f"Paddle .pdparams file ({type(err).__name__}: {err})") from None
+    state = read_paddle_file(path)
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+    for key, value in state.items():
+        if not isinstance(value, np.ndarray):
+            raise WeightsError(f"{path}: {str(key)[:100]!r} holds a {type(value).__name__}, "
+                               "not a tensor: this is not a weights file")
     return state
 
 

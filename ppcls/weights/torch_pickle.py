@@ -5,6 +5,10 @@ A `.pth` is a pickle, and unpickling calls whatever functions the file names. He
 few names a saved state_dict needs are honoured; any other name refuses the file. Tensors
 come back as C-contiguous numpy arrays (bfloat16 as float32); everything else a pickle can
 hold without naming a function (dict, list, tuple, str, int, float, bool, None) is kept.
+What is shared with the Paddle reader (the opcode scan, the restricted unpickler, the bounded
+rebuild of the containers) is in safe_pickle.py. Sizes are bounded by the file: a zip member
+may not unpack to more than the whole zip, a tensor may not hold more elements than its
+storage, nor all tensors more than all storages.
 
 Two layouts are read:
   zip (torch >= 1.6): `<root>/data.pkl` is the pickle; a storage's bytes are the member
@@ -16,13 +20,14 @@ Two layouts are read:
 
 import collections
 import io
-import pickle
+import math
 import pickletools
 import zipfile
 
 import numpy as np
 
 from ppcls.utils.errors import WeightsError
+from ppcls.weights.safe_pickle import Allowed, RestrictedUnpickler, one_line, rebuild, scan
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first object of a legacy file
 LEGACY_PROTOCOL = 1001
@@ -62,25 +67,35 @@ def is_legacy_file(head):
 
 def read_torch_file(path):
     """The object torch.save wrote to `path`, every tensor as a numpy array: a state_dict
-    gives a dict of name -> array. Raises WeightsError (one line) for a file that names any
-    function outside the allowed few, and for a damaged or foreign file."""
+    gives a dict of name -> array. Raises UnsafeFileError (one line) for a file that names
+    any function outside the allowed few, WeightsError for a damaged or foreign file."""
     path = str(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
         if data.startswith(b"PK\x03\x04"):  # a zip's first local header
-            return _read_zip(path)
+            return _read_zip(path, len(data))
         return _read_legacy(path, data)
     except WeightsError as err:
         if path in str(err):
             raise
-        raise WeightsError(f"{path}: {err}") from None  # name the file in every message
+        raise type(err)(f"{path}: {err}") from None  # name the file in every message
     except Exception as err:
         raise WeightsError(f"cannot read the PyTorch file {path}: it is truncated or damaged "
-                           f"({type(err).__name__}: {_one_line(err)})") from None
+                           f"({type(err).__name__}: {one_line(err)[:200]})") from None
 
 
-def _read_zip(path):
+def _load(data, offset, path, persistent_ids=False):
+    """The pickle at `offset` of `data`, scanned before it is unpickled. Returns the object,
+    its unpickler, where the pickle ends and its number of operations."""
+    end, operations = scan(data, offset, path, "torch.save", persistent_ids)
+    stream = io.BytesIO(data)
+    stream.seek(offset)
+    unpickler = _Unpickler(stream, path)
+    return unpickler.load(), unpickler, end, operations
+
+
+def _read_zip(path, file_size):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = _data_pkl(names)
@@ -88,37 +103,42 @@ def _read_zip(path):
             raise WeightsError(f"{path} is a zip but not a torch.save file: it needs exactly "
                                "one <folder>/data.pkl")
         root = pickles[0][: -len("data.pkl")]
+
+        def member(name):
+            # torch.save stores members uncompressed: none can be larger than the zip
+            size = archive.getinfo(name).file_size
+            if size > file_size:
+                raise WeightsError(f"its member {name} unpacks to {size} bytes, more than "
+                                   f"the whole file ({file_size}): not a torch.save file")
+            return archive.read(name)
+
         byteorder = "little"
         if root + "byteorder" in names:  # older torch wrote none, and wrote little-endian
-            byteorder = archive.read(root + "byteorder").decode("ascii").strip()
-        unpickler = _Unpickler(io.BytesIO(archive.read(pickles[0])), path)
-        obj = unpickler.load()
+            byteorder = member(root + "byteorder").decode("ascii").strip()
+        obj, _, _, operations = _load(member(pickles[0]), 0, path, persistent_ids=True)
 
         def storage(key, dtype):
-            return _array(archive.read(f"{root}data/{key}"), dtype, byteorder)
+            return _array(member(f"{root}data/{key}"), dtype, byteorder)
 
-        return _materialize(obj, _cached(storage))
+        return _materialize(obj, path, operations, storage)
 
 
 def _read_legacy(path, data):
     if not is_legacy_file(data[:64]):
         raise WeightsError(f"{path} is neither a torch.save zip nor a legacy torch.save file")
-    stream = io.BytesIO(data)
-
-    def load():
-        return _Unpickler(stream, path).load()
-
-    load()  # the magic number
-    protocol, info = load(), load()
+    _, _, offset, _ = _load(data, 0, path)  # the magic number
+    protocol, _, offset, _ = _load(data, offset, path)
+    info, _, offset, _ = _load(data, offset, path)
     if protocol != LEGACY_PROTOCOL or not isinstance(info, dict):
         raise WeightsError(f"{path}: legacy torch.save protocol {protocol!r} is not "
                            f"{LEGACY_PROTOCOL}; re-save it with a recent torch")
-    unpickler = _Unpickler(stream, path)
-    obj = unpickler.load()
-    keys = load()
+    obj, unpickler, offset, operations = _load(data, offset, path, persistent_ids=True)
+    keys, _, offset, _ = _load(data, offset, path)
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise WeightsError(f"{path}: its list of storages is malformed")
     byteorder = "little" if info.get("little_endian", True) else "big"
     count_type = np.dtype("<i8" if byteorder == "little" else ">i8")
-    storages, offset = {}, stream.tell()
+    storages = {}
     for key in keys:  # each storage: its element count, then its bytes
         dtype = unpickler.dtypes[key]
         count = int(np.frombuffer(data, count_type, 1, offset)[0])
@@ -128,7 +148,7 @@ def _read_legacy(path, data):
             raise WeightsError(f"{path} is truncated: storage {key} runs past the end")
         storages[key] = _array(memoryview(data)[offset:end], dtype, byteorder)
         offset = end
-    return _materialize(obj, lambda key, dtype: storages[key])
+    return _materialize(obj, path, operations, lambda key, dtype: storages[key])
 
 
 class _StorageType(str):
@@ -168,28 +188,12 @@ def _rebuild_parameter(data, *ignored):
     return data
 
 
-class _Allowed:
-    """An allowed global, called for the REDUCE opcode. A wrapper rather than the function
-    itself: pickle's BUILD opcode on a function could set its attributes, on this it fails."""
-
-    __slots__ = ("_call",)
-
-    def __init__(self, call):
-        object.__setattr__(self, "_call", call)
-
-    def __call__(self, *args):
-        return self._call(*args)
-
-    def __setstate__(self, state):
-        raise WeightsError("the pickle tries to change an allowed function")
-
-
 _ALLOWED = {
-    ("collections", "OrderedDict"): _Allowed(collections.OrderedDict),
-    ("torch._utils", "_rebuild_tensor"): _Allowed(_rebuild_tensor),
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_rebuild_tensor),
-    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter),
-    ("torch._utils", "_rebuild_parameter_with_state"): _Allowed(_rebuild_parameter),
+    ("collections", "OrderedDict"): Allowed(collections.OrderedDict),
+    ("torch._utils", "_rebuild_tensor"): Allowed(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): Allowed(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): Allowed(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): Allowed(_rebuild_parameter),
 }
 
 
@@ -198,31 +202,26 @@ def allowed_globals():
     return sorted([f"{m}.{n}" for m, n in _ALLOWED] + [f"torch.{n}" for n in _STORAGE_DTYPES])
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     """Resolves only the allowed globals; storages become _StorageRefs. `dtypes` records
     each storage key's element type (a legacy file's storage records need it)."""
 
     def __init__(self, file, path):
-        super().__init__(file)
-        self.path = path
+        super().__init__(file, path, _ALLOWED, "a state_dict needs",
+                         "Save the state_dict as .safetensors or .npz (numpy arrays) and "
+                         "convert that")
         self.dtypes = {}
 
     def find_class(self, module, name):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        refused = _one_line(f"{module}.{name}")[:200]
-        raise WeightsError(
-            f"{self.path} names the global {refused!r}, which is not one a state_dict needs: "
-            "such a file may run code when loaded, so it is refused. Save the state_dict as "
-            ".safetensors or .npz (numpy arrays) and convert that")
+        return super().find_class(module, name)
 
     def persistent_load(self, pid):
         # ('storage', type, key, location, numel) in a zip; a legacy file adds view metadata
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
-            raise WeightsError(f"{self.path}: unknown persistent id {_one_line(pid)[:80]}")
+            raise WeightsError(f"{self.path}: unknown persistent id {one_line(pid)[:80]}")
         if len(pid) == 6 and pid[5] is not None:
             raise WeightsError(f"{self.path} uses storage views of a very old torch; load "
                                "and re-save it with a recent torch")
@@ -236,7 +235,7 @@ def _array(data, dtype, byteorder):
     """A storage's bytes as a 1-D array in native byte order (bfloat16 widened to float32)."""
     order = {"little": "<", "big": ">"}.get(byteorder)
     if order is None:
-        raise WeightsError(f"unknown byte order {_one_line(byteorder)[:20]!r}")
+        raise WeightsError(f"unknown byte order {one_line(byteorder)[:20]!r}")
     raw = np.frombuffer(data, np.dtype(dtype).newbyteorder(order))
     array = raw.astype(raw.dtype.newbyteorder("="), copy=False)
     if dtype == _BFLOAT16:  # bfloat16 is the high half of a float32
@@ -244,50 +243,47 @@ def _array(data, dtype, byteorder):
     return array
 
 
-def _cached(read):
-    """Storages shared by several tensors are read once."""
-    cache = {}
+def _materialize(obj, path, operations, read_storage):
+    """Replace each _TensorRef in the containers by its array (see safe_pickle.rebuild); dicts
+    keep their order. Storages are read once each. A tensor may hold no more elements than
+    its storage, and all tensors together no more than all storages: a state_dict's tensors
+    do not overlap, while a stride-0 view of one element could claim terabytes."""
+    storages, counts = {}, {"storage": 0, "tensor": 0}
 
-    def storage(key, dtype):
-        if key not in cache:
-            cache[key] = read(key, dtype)
-        return cache[key]
+    def convert(ref):
+        if not isinstance(ref, _TensorRef):
+            raise WeightsError("the pickle holds a bare storage or function, or an object of "
+                               f"type {type(ref).__name__.strip('_')}, not a tensor")
+        key = ref.storage.key
+        if key not in storages:
+            storages[key] = read_storage(key, ref.storage.dtype)
+            counts["storage"] += storages[key].size
+        storage = storages[key]
+        numel = math.prod(ref.size)
+        if numel > storage.size:
+            raise WeightsError(
+                f"a tensor of shape {list(ref.size)} ({numel} elements) views a storage of "
+                f"{storage.size}: expanded views (stride 0 or overlapping) are not what a "
+                "state_dict holds, so the file is refused")
+        counts["tensor"] += numel
+        if counts["tensor"] > counts["storage"]:
+            raise WeightsError(
+                f"its tensors would hold more elements than its storages ({counts['storage']}): "
+                "the tensors of a state_dict do not overlap, so the file is refused")
+        return _tensor(storage, ref)
 
-    return storage
-
-
-def _materialize(obj, storage):
-    """Replace each _TensorRef in the containers by its array; dicts keep their order."""
-    if isinstance(obj, _TensorRef):
-        return _tensor(storage(obj.storage.key, obj.storage.dtype), obj)
-    if isinstance(obj, dict):
-        return {k: _materialize(v, storage) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v, storage) for v in obj)
-    if isinstance(obj, (_StorageRef, _StorageType, _Allowed)):
-        raise WeightsError("the pickle holds a bare storage or function, not a tensor")
-    return obj
+    return rebuild(obj, path, operations, convert)
 
 
 def _tensor(storage, ref):
     """The elements of `ref` (offset, size, stride into `storage`) as a new C-contiguous
-    array. Indexing checks every element lies inside the storage, whatever the pickle says."""
-    numel = int(np.prod(ref.size, dtype=np.int64))
-    if numel == 0:
+    array, after checking the last element it reaches lies inside the storage."""
+    if math.prod(ref.size) == 0:
         return np.zeros(ref.size, storage.dtype)
-    contiguous = tuple(int(np.prod(ref.size[i + 1:])) for i in range(len(ref.size)))
-    if ref.stride == contiguous:  # the common case: a slice, no index arrays
-        flat = storage[ref.offset:ref.offset + numel]
-        if flat.size != numel:
-            raise WeightsError("a tensor runs past the end of its storage")
-        return flat.reshape(ref.size).copy()
-    index = np.array(ref.offset, np.int64)
-    for n, s in zip(ref.size, ref.stride):  # every element's position in the storage
-        index = index[..., None] + np.arange(n, dtype=np.int64) * s
-    if index.max() >= storage.size:
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+    if last >= storage.size:
         raise WeightsError("a tensor runs past the end of its storage")
-    return storage[index]
-
-
-def _one_line(value):
-    return " ".join(str(value).split())
+    view = np.lib.stride_tricks.as_strided(
+        storage[ref.offset:], ref.size, [s * storage.itemsize for s in ref.stride],
+        writeable=False)
+    return np.array(view, order="C")
