@@ -150,3 +150,51 @@ def test_truncated_pdparams_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsError, match="truncated"):
         load_pretrained_weights(model, path)
+
+
+def _npy_header(shape, dtype="<f4"):
+    """The bytes of an .npy file's magic and header (version 1.0) for `shape`."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()  # the magic string comes first in it
+
+
+def test_npz_whose_header_claims_more_than_its_data_is_refused(tmp_path):
+    """numpy allocates the header's shape before reading data: 10^10 floats (40 GB) from a
+    few hundred bytes must be refused from the header alone."""
+    import zipfile
+
+    src = tmp_path / "claims.npz"
+    with zipfile.ZipFile(src, "w") as archive:
+        archive.writestr("fc.weight.npy", _npy_header((10**10,)) + b"\0" * 64)
+    with pytest.raises(WeightsError, match="claims 40000000000 bytes"):
+        read_checkpoint(src)
+
+
+def test_npz_zip_bomb_is_refused(tmp_path):
+    """A compressed member of 128 MiB of zeros is a file of about 130 kB: refused from the
+    zip's directory, before anything is unpacked."""
+    import zipfile
+
+    src = tmp_path / "bomb.npz"
+    count = (128 << 20) // 4
+    with zipfile.ZipFile(src, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("fc.weight.npy", "w", force_zip64=True) as member:
+            member.write(_npy_header((count,)))
+            zeros = bytes(1 << 20)
+            for _ in range(128):
+                member.write(zeros)
+    assert src.stat().st_size < 1 << 20
+    with pytest.raises(WeightsError, match="zip bomb"):
+        read_checkpoint(src)
+
+
+def test_compressed_npz_weights_still_read(tmp_path):
+    src = tmp_path / "w.npz"
+    weights = reference_weights(TV_0_5)
+    np.savez_compressed(src, **weights)
+    read = read_checkpoint(src)
+    assert all(np.array_equal(read[k], v) for k, v in weights.items())

@@ -212,7 +212,36 @@ def checkpoint_format(path):
     return None
 
 
+# An .npz may be compressed (np.savez_compressed): its members may unpack to more than the
+# file, but weights compress little, so a ratio beyond this is a zip bomb, not weights.
+_NPZ_MAX_RATIO, _NPZ_FLOOR = 64, 64 << 20
+
+
+def _check_npz_sizes(path):
+    """Bound what np.load would allocate by the file: each member's declared size (which
+    zipfile never reads past) and each array's header (numpy allocates the header's shape
+    before it reads a byte of data)."""
+    limit = max(_NPZ_MAX_RATIO * os.path.getsize(path), _NPZ_FLOOR)
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        declared = sum(info.file_size for info in members)
+        if declared > limit:
+            raise WeightsError(f"{path}: its members unpack to {declared} bytes, more than "
+                               f"{_NPZ_MAX_RATIO} times the file: refused as a zip bomb")
+        for info in members:
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = header(member)
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise WeightsError(f"{path}: array {info.filename} claims {nbytes} bytes "
+                                       f"but its member holds {info.file_size}")
+
+
 def _read_npz(path):
+    _check_npz_sizes(path)
     with np.load(path) as archive:  # allow_pickle stays False: arrays only
         return {k: archive[k] for k in archive.files}
 
