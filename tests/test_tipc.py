@@ -204,3 +204,37 @@ def test_benchmark_train_prints_ips_and_skips_fp16_on_cpu():
                               f"{os.path.basename(ROOT)}_MnasNet_B1_x0_5_bs48_fp32_DP_N1C1_speed")
     speed = json.load(open(speed_file))
     assert speed["ips"] > 0 and speed["iterations"] == 3 and speed["speed_unit"] == "samples/s"
+
+
+def common_func(snippet):
+    """Runs SNIPPET in bash after sourcing test_tipc/common_func.sh; its stdout."""
+    proc = subprocess.run(["bash", "-c", f"source test_tipc/common_func.sh; {snippet}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.parametrize("entry,visible,plan", [
+    ("0", 1, "gpu 1"),
+    ("0,1", 1, "skip gpu_list 0,1 needs 2 GPUs (card 1); 1 visible"),
+    ("0,1", 2, "gpu 2"),
+    ("0,1,2,3", 2, "skip gpu_list 0,1,2,3 needs 4 GPUs (card 2); 2 visible"),
+    ("0,1", 0, "cpu 2"),   # no GPU: two CPU processes over gloo
+    ("-1", 8, "cpu 1"),
+])
+def test_gpu_list_entries_use_only_the_cards_that_are_visible(entry, visible, plan):
+    """PaddleClas's gpu_list 0|0,1 on a one-GPU machine: 0 trains on the card, 0,1 is one
+    skip line instead of a launch that fails on a card that is not there."""
+    assert common_func(f"gpu_entry {entry} {visible}") == plan
+
+
+def test_visible_gpus_are_counted_by_paddle():
+    assert common_func("visible_gpus") == "0"  # this CPU build
+    assert common_func("has_gpu && echo yes || echo no") == "no"
+
+
+def test_eval_gets_the_training_commands_amp_settings():
+    train = ("tools/train.py -c x.yaml -o Global.seed=1 -o AMP.use_amp=True -o AMP.scale_loss=128 "
+             "-o AMP.level=O2 -o Global.eval_during_train=False")
+    assert common_func(f'amp_overrides "{train}"').split() == [
+        "-o", "AMP.use_amp=True", "-o", "AMP.scale_loss=128", "-o", "AMP.level=O2"]
