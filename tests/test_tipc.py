@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -238,3 +239,59 @@ def test_eval_gets_the_training_commands_amp_settings():
              "-o AMP.level=O2 -o Global.eval_during_train=False")
     assert common_func(f'amp_overrides "{train}"').split() == [
         "-o", "AMP.use_amp=True", "-o", "AMP.scale_loss=128", "-o", "AMP.level=O2"]
+
+
+def eval_log(path, *lines):
+    path.write_text("".join(f"[2026/01/01 00:00:00] INFO: {line}\n" for line in lines))
+    return str(path)
+
+
+def test_eval_comparison_reads_the_last_eval_of_each_log(tmp_path):
+    """compare_runs.py evals: the training's last [Eval] line against tools/eval.py's, as exact
+    fractions; --max_diff allows that many images either way (GPU non-determinism)."""
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    train = eval_log(tmp_path / "train.log",
+                     "[Eval][Epoch 1][Avg]loss: 1.50000, top1: 0.50000, top5: 1.00000 (top1 6/12, top5 12/12 correct, EMA weights)",
+                     "[Eval][Epoch 2][Avg]loss: 1.20000, top1: 0.58333, top5: 1.00000 (top1 7/12, top5 12/12 correct, EMA weights)")
+    same = eval_log(tmp_path / "same.log",
+                    "[Eval][Epoch 0][Avg]loss: 1.20000, top1: 0.58333, top5: 1.00000 (top1 7/12, top5 12/12 correct, EMA weights)")
+    first = eval_log(tmp_path / "first.log",
+                     "[Eval][Epoch 0][Avg]loss: 1.50000, top1: 0.50000, top5: 1.00000 (top1 6/12, top5 12/12 correct, EMA weights)")
+    model = eval_log(tmp_path / "model.log",
+                     "[Eval][Epoch 0][Avg]loss: 1.20000, top1: 0.58333, top5: 1.00000 (top1 7/12, top5 12/12 correct, model weights)")
+    assert main(["evals", train, same]) == 0
+    assert main(["evals", train, first]) == 1
+    assert main(["evals", train, first, "--max_diff", "1"]) == 0
+    assert main(["evals", train, model]) == 1  # EMA against the raw weights is another measurement
+    assert main(["evals", train, str(tmp_path / "none.log")]) == 1
+
+
+def test_loss_comparison_of_a_resumed_run_takes_the_steps_it_ran(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    def step(epoch, iteration, loss):
+        return (f"[Train][Epoch {epoch}/2][Iter: {iteration}/3]lr: 0.01000, CELoss: {loss}, "
+                f"loss: {loss}, top1: 0.5")
+    full = eval_log(tmp_path / "full.log", *(step(e, i, 2.0 - e / 10 - i / 100)
+                                             for e in (1, 2) for i in range(3)))
+    resumed = eval_log(tmp_path / "resumed.log", step(2, 1, 1.79), step(2, 2, 1.78))
+    assert main(["losses", full, resumed, "--resumed"]) == 0
+    assert main(["losses", full, resumed]) == 1  # without --resumed the steps must be the same
+    moved = eval_log(tmp_path / "moved.log", step(2, 1, 1.79), step(2, 2, 1.7))
+    assert main(["losses", full, moved, "--resumed"]) == 1
+
+
+def test_prediction_comparison_can_require_the_same_top1(tmp_path):
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([{"file_name": "x.jpg", "class_ids": [3, 1], "scores": [0.50001, 0.5]}]))
+    b.write_text(json.dumps([{"file_name": "x.jpg", "class_ids": [1, 3], "scores": [0.50001, 0.5]}]))
+    assert main(["predictions", str(a), str(b), "--atol", "1e-4"]) == 0
+    assert main(["predictions", str(a), str(b), "--atol", "1e-4", "--same_top1"]) == 1
