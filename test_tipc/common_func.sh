@@ -142,11 +142,15 @@ yaml_of() {
     done
 }
 
-# data_overrides DIR -> overrides pointing a config's Train/Eval data at a prepared set
-data_overrides() {
+# data_paths DIR -> overrides pointing a config's Train/Eval data at a prepared set
+data_paths() {
     echo "-o DataLoader.Train.dataset.image_root=$1 -o DataLoader.Train.dataset.cls_label_path=$1/train_list.txt" \
-         "-o DataLoader.Eval.dataset.image_root=$1 -o DataLoader.Eval.dataset.cls_label_path=$1/val_list.txt" \
-         "-o DataLoader.Train.loader.num_workers=0 -o DataLoader.Eval.loader.num_workers=0"
+         "-o DataLoader.Eval.dataset.image_root=$1 -o DataLoader.Eval.dataset.cls_label_path=$1/val_list.txt"
+}
+
+# data_overrides DIR -> data_paths, loaded in the training process (no loader workers)
+data_overrides() {
+    echo "$(data_paths "$1") -o DataLoader.Train.loader.num_workers=0 -o DataLoader.Eval.loader.num_workers=0"
 }
 
 # start_chain LOG_DIR STATUS_LOG DATA_MODE: the globals every chain script shares. Makes

@@ -10,8 +10,9 @@ step by step. `predictions` compares two result files of deploy/python/predict_c
 (-o Global.save_path=...): the same images, and each image's top-1 score and the scores of the
 classes both top-k lists name agree within atol (the top-1 class itself may swap between
 near-equal scores of a barely trained model, so classes are compared through their scores;
---same_top1 requires the same top-1 class as well). `losses --resumed` compares the steps a
-resumed run logged with the same steps of the uninterrupted run. `evals` compares the last
+--same_top1 requires the same top-1 class as well). `losses --resumed` compares the whole epochs a
+resumed run logged with the same steps of the uninterrupted run (the logged loss is the epoch's
+running average, which the resumed run restarts mid-epoch). `evals` compares the last
 `[Eval]...[Avg]` line of two logs (a training's last evaluation, tools/eval.py's) as exact
 fractions, `top1 k/n`, and which weights (EMA or model) were evaluated; --max_diff allows that
 many images either way in each count.
@@ -42,7 +43,13 @@ def compare_losses(a_path, b_path, rtol, resumed=False):
     if not a or not b:
         empty = a_path if not a else b_path
         return f"{empty}: no '[Train]...loss:' lines (did the training run?)"
-    if resumed:  # the uninterrupted run's steps from where the resumed run started
+    if resumed:
+        # The log's loss is the epoch's running average, which a resumed run restarts at its
+        # first step: only its whole epochs compare with the uninterrupted run.
+        whole = {epoch for (epoch, iteration), _ in b if iteration == 0}
+        b = [(step, loss) for step, loss in b if step[0] in whole]
+        if not b:
+            return f"{b_path}: the resumed run logged no whole epoch to compare"
         steps = [step for step, _ in b]
         a = [(step, loss) for step, loss in a if step in steps]
     if [step for step, _ in a] != [step for step, _ in b]:

@@ -276,12 +276,16 @@ def test_loss_comparison_of_a_resumed_run_takes_the_steps_it_ran(tmp_path):
         return (f"[Train][Epoch {epoch}/2][Iter: {iteration}/3]lr: 0.01000, CELoss: {loss}, "
                 f"loss: {loss}, top1: 0.5")
     full = eval_log(tmp_path / "full.log", *(step(e, i, 2.0 - e / 10 - i / 100)
-                                             for e in (1, 2) for i in range(3)))
-    resumed = eval_log(tmp_path / "resumed.log", step(2, 1, 1.79), step(2, 2, 1.78))
+                                             for e in (1, 2, 3) for i in range(3)))
+    # resumed at epoch 2 iteration 1: its running average of epoch 2 restarts there
+    resumed = eval_log(tmp_path / "resumed.log", step(2, 1, 1.5), step(2, 2, 1.6),
+                       *(step(3, i, 1.7 - i / 100) for i in range(3)))
     assert main(["losses", full, resumed, "--resumed"]) == 0
     assert main(["losses", full, resumed]) == 1  # without --resumed the steps must be the same
-    moved = eval_log(tmp_path / "moved.log", step(2, 1, 1.79), step(2, 2, 1.7))
+    moved = eval_log(tmp_path / "moved.log", step(2, 1, 1.5), step(3, 0, 1.7), step(3, 1, 1.6))
     assert main(["losses", full, moved, "--resumed"]) == 1
+    partial = eval_log(tmp_path / "partial.log", step(3, 1, 1.69), step(3, 2, 1.68))
+    assert main(["losses", full, partial, "--resumed"]) == 1  # no whole epoch to compare
 
 
 def test_prediction_comparison_can_require_the_same_top1(tmp_path):
