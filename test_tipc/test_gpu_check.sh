@@ -7,7 +7,7 @@
 #   1. AMP O1 and O2 trainings with EMA, Mixup and 2 loader workers (uint8 batches, normalised
 #      on the device), evaluated every epoch; tools/eval.py on the GPU at the same AMP level must
 #      give the training's last evaluation exactly (compare_runs.py evals: k/n counts);
-#   2. an O2 training killed (SIGKILL, test_tipc/crash_at.py) at a known step after
+#   2. an O2 training (without loader workers) killed (SIGKILL, test_tipc/crash_at.py) at a known step after
 #      Global.save_latest_steps saved `latest`, resumed: its losses from the resumed step on and
 #      its last evaluation against the uninterrupted O2 run (GPU kernels with atomics are not
 #      bit-reproducible: losses within resume_rtol_gpu, counts within resume_max_diff_gpu images);
@@ -106,6 +106,10 @@ trained="${LOG_PATH}/train_${last}/${model_name}"
 crashed="${LOG_PATH}/crash_${last}"
 crash_args=$(training "$last")
 crash_args=${crash_args#tools/train.py}  # crash_at.py runs tools/train.py's main itself
+# Loaded in the training process: a SIGKILL leaves the loader's worker processes (blocked on their
+# pipe) and their in-flight shared-memory batches behind. Batches do not depend on num_workers,
+# so the resume (with 2 workers) must still equal the uninterrupted run.
+crash_args+=" -o DataLoader.Train.loader.num_workers=0 -o DataLoader.Eval.loader.num_workers=0"
 # SIGKILL is exit code 137: anything else (no crash, an error) fails the step
 if run "crash_${last}" "${python_cmd} test_tipc/crash_at.py ${crash_epoch} ${crash_iter} ${crash_args} -o Global.output_dir=${crashed}; test \$? -eq 137"; then
     cp -r "$crashed" "${crashed}_at_O1"  # the same checkpoint for the AMP-level change below
