@@ -15,8 +15,8 @@ import pytest
 
 from conftest import QUICK_START, ROOT
 from ppcls.engine.export import export_inference_model
-from ppcls.inference import (DEPLOY_DEFAULTS, _paddle_config, cpu_engine, gpu_plan,
-                             running_precision, tensorrt_shape_ranges)
+from ppcls.inference import (DEPLOY_DEFAULTS, GpuPlan, _configure_gpu, _paddle_config, cpu_engine,
+                             gpu_plan, running_precision, tensorrt_shape_ranges)
 from ppcls.utils.cli import run
 from ppcls.utils.config import get_config
 from ppcls.utils.errors import ConfigError
@@ -170,3 +170,14 @@ def test_tensorrt_builds_for_batches_up_to_batch_size_at_the_exported_size(model
     """The exported batch dimension is -1; TensorRT gets it as a dynamic range."""
     smallest, largest, optimal = tensorrt_shape_ranges(str(model["dir"] / "inference.pdmodel"), 16)
     assert smallest == {"x": [1, 3, 32, 32]} and largest == optimal == {"x": [16, 3, 32, 32]}
+
+
+def test_gpu_settings_paddle_drops_are_refused_not_run_without(model):
+    """Paddle's Config logs an error and carries on when it cannot take a setting: on this CPU
+    build enable_use_gpu leaves use_gpu() False. The predictor checks the getters afterwards."""
+    from paddle import inference
+
+    config = inference.Config(str(model["dir"] / "inference.json"), str(model["dir"] / "inference.pdiparams"))
+    plan = GpuPlan("gpu", config.prog_file(), "fp16")
+    with pytest.raises(ConfigError, match=r"did not accept the GPU settings \(use_gpu, gpu, fp16\)"):
+        _configure_gpu(config, settings(model, use_gpu=True, use_fp16=True), plan)
