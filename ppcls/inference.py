@@ -9,6 +9,7 @@ Results come back in file order.
 import json
 import os
 import random
+from typing import NamedTuple
 
 import numpy as np
 
@@ -147,10 +148,19 @@ def paddle_runner(g):
     from paddle import inference
 
     model_dir = g["inference_model_dir"]
-    engine = None if g["use_gpu"] else cpu_engine(g, model_dir)
+    if g["use_gpu"]:
+        check_gpu_build(g["use_tensorrt"])
+        engine = gpu_plan(g, model_dir).engine
+    else:
+        check_cpu_keys(g)
+        engine = cpu_engine(g, model_dir)
     try:
         predictor = inference.create_predictor(_paddle_config(g, model_dir, engine))
     except RuntimeError as error:
+        if engine == "tensorrt":  # asked for by name: say why it cannot run rather than run without it
+            raise ConfigError(f"Global.use_tensorrt: Paddle Inference could not build a TensorRT "
+                              f"engine for {model_dir} ({str(error).splitlines()[0].strip()}); "
+                              "run without -o Global.use_tensorrt=True") from None
         if engine != "openvino":
             raise
         # a program of someone else's with an operator OpenVINO cannot convert
@@ -175,11 +185,11 @@ def _paddle_config(g, model_dir, engine):
     from paddle import inference
 
     model_file, params_file = find_model_files(model_dir)
-    if engine == "openvino":
+    if engine in ("openvino", "tensorrt"):
         model_file = os.path.join(model_dir, LEGACY_PROGRAM)
     config = inference.Config(model_file, params_file)
     if g["use_gpu"]:
-        _configure_gpu(config, g)
+        _configure_gpu(config, g, gpu_plan(g, model_dir))
     else:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(int(g["cpu_num_threads"]))
@@ -195,9 +205,11 @@ def _paddle_config(g, model_dir, engine):
                 config.enable_mkldnn_bfloat16()
             if g["use_int8"]:  # the quantized ops' scales turn into oneDNN INT8 kernels
                 config.enable_mkldnn_int8()
-        elif g["use_int8"]:
-            raise ConfigError("Global.use_int8 on CPU runs through oneDNN: set "
-                              "-o Global.enable_mkldnn=True")
+        else:
+            config.disable_mkldnn()  # Paddle 3.3.1's Config starts with oneDNN on
+            if g["use_int8"]:
+                raise ConfigError("Global.use_int8 on CPU runs through oneDNN: set "
+                                  "-o Global.enable_mkldnn=True")
     check_int8(model_file, g["use_int8"])
     if g["enable_profile"]:
         config.enable_profile()  # Paddle prints its operator profile when the predictor ends
@@ -262,24 +274,136 @@ def openvino_in_paddle():
     return bool(glob.glob(os.path.join(os.path.dirname(paddle.__file__), "libs", "libopenvino.so*")))
 
 
-def _configure_gpu(config, g):
+class GpuPlan(NamedTuple):
+    """How Paddle Inference runs a deploy config on a GPU."""
+    engine: str  # "tensorrt" (TensorRT subgraphs) or "gpu" (Paddle's CUDA kernels)
+    model_file: str
+    precision: str  # "fp32", "fp16" or "int8"
+
+
+def gpu_plan(g, model_dir):
+    """The engine, program and precision that use_gpu, use_tensorrt, use_fp16 and use_int8
+    ask for, or a one-line refusal where Paddle 3.3.1 would ignore a key:
+    - TensorRT runs on the legacy program (inference.pdmodel, beside inference.json) with the
+      legacy IR: a PIR program goes through AnalysisPredictor::OptimizeInferencePirProgram,
+      which has no TensorRT pass, so enable_tensorrt_engine on inference.json does nothing.
+    - use_fp16 without TensorRT is Paddle's GPU mixed precision: enable_use_gpu's precision
+      Half turns on the auto_mixed_precision pass (float16 kernels, float32 where Paddle's
+      lists keep it; inputs and outputs stay float32).
+    - use_int8 needs TensorRT (INT8 kernels from the quantized program's scales)."""
+    precision = "int8" if g["use_int8"] else "fp16" if g["use_fp16"] else "fp32"
+    if not g["use_tensorrt"]:
+        if g["use_int8"]:
+            raise ConfigError("Global.use_int8 on a GPU runs through TensorRT: set "
+                              "-o Global.use_tensorrt=True")
+        return GpuPlan("gpu", find_model_files(model_dir)[0], precision)
+    if not g["ir_optim"]:
+        raise ConfigError("Global.use_tensorrt: TensorRT runs as an IR pass and Global.ir_optim "
+                          "is False; set -o Global.ir_optim=True")
+    legacy = os.path.join(model_dir, LEGACY_PROGRAM)
+    if not os.path.isfile(legacy):
+        raise ConfigError(f"Global.use_tensorrt: {model_dir} has no {LEGACY_PROGRAM}, the program "
+                          "Paddle's TensorRT engine reads: export again with tools/export_model.py")
+    return GpuPlan("tensorrt", legacy, precision)
+
+
+def tensorrt_shape_ranges(model_file, batch_size):
+    """(min, max, optimal) input shapes for TensorRT's dynamic-shape mode, from the feed
+    variables of a legacy program: batches of 1 to batch_size at the exported image size."""
+    from paddle.base.proto import framework_pb2
+
+    program = framework_pb2.ProgramDesc()
+    with open(model_file, "rb") as f:
+        program.ParseFromString(f.read())
+    block = program.blocks[0]
+    dims = {var.name: list(var.type.dense_tensor.tensor.dims) for var in block.vars}
+    inputs = [name for op in block.ops if op.type == "feed"
+              for out in op.outputs for name in out.arguments]
+    smallest, largest = {}, {}
+    for name in inputs:
+        image = dims[name][1:]
+        if any(d < 1 for d in image):
+            raise ConfigError(f"Global.use_tensorrt: input {name} of {model_file} has a variable "
+                              f"size {dims[name]}; export it with a fixed Global.image_shape")
+        smallest[name], largest[name] = [1] + image, [batch_size] + image
+    return smallest, largest, largest
+
+
+def running_precision(g):
+    """The precision a deploy config that the predictor accepted runs in: 'int8', 'fp16' (GPU
+    mixed precision or TensorRT), 'bf16' (use_fp16 on a CPU: oneDNN's bfloat16 kernels) or
+    'fp32'. The benchmark line reports it."""
+    if g["use_int8"]:
+        return "int8"
+    if g["use_fp16"]:
+        return "fp16" if g["use_gpu"] else "bf16"
+    return "fp32"
+
+
+def check_cpu_keys(g):
+    """One line for a key Paddle Inference on a CPU would silently ignore."""
+    if g["use_tensorrt"]:
+        raise ConfigError("Global.use_tensorrt needs -o Global.use_gpu=True (TensorRT runs on "
+                          "NVIDIA GPUs); remove it to run on the CPU")
+    if g["use_fp16"] and not g["enable_mkldnn"]:
+        raise ConfigError("Global.use_fp16 on a CPU runs bfloat16 through oneDNN: set "
+                          "-o Global.enable_mkldnn=True, or remove use_fp16")
+    if g["use_fp16"]:
+        from paddle.base import core
+
+        if not core.supports_bfloat16():  # Paddle would run float32 and say so only in its log
+            raise ConfigError("Global.use_fp16 on a CPU runs oneDNN's bfloat16 kernels, which need "
+                              "AVX-512 (avx512_core); this CPU has none: remove use_fp16")
+
+
+def check_gpu_build(tensorrt):
+    """A one-line refusal when this Paddle cannot run on a GPU, or without TensorRT when
+    use_tensorrt asks for it (Paddle's Config would log an error and run without them)."""
     import paddle
     from paddle import inference
 
     if not paddle.is_compiled_with_cuda():
         raise ConfigError("Global.use_gpu is True but this Paddle has no CUDA; set "
                           "-o Global.use_gpu=False or install paddlepaddle-gpu")
-    config.enable_use_gpu(int(g["gpu_mem"]), 0)
-    if g["use_tensorrt"]:
-        precision = (inference.PrecisionType.Int8 if g["use_int8"] else
-                     inference.PrecisionType.Half if g["use_fp16"] else inference.PrecisionType.Float32)
+    if not tensorrt:
+        return
+    built = inference.get_trt_compile_version()
+    if tuple(built) == (0, 0, 0):
+        raise ConfigError("Global.use_tensorrt: this Paddle build has no TensorRT; install a "
+                          "paddlepaddle-gpu build with TensorRT or run without use_tensorrt")
+    try:
+        inference.get_trt_runtime_version()  # loads libnvinfer
+    except Exception as error:  # noqa: BLE001 - whatever the loader raises, the answer is one line
+        raise ConfigError(f"Global.use_tensorrt: the TensorRT libraries cannot be loaded "
+                          f"({str(error).splitlines()[0].strip()}); install TensorRT "
+                          f"{'.'.join(map(str, built))} (the version this Paddle was built with) "
+                          "or run without use_tensorrt") from None
+
+
+def _configure_gpu(config, g, plan):
+    from paddle import inference
+
+    precision = {"fp32": inference.PrecisionType.Float32, "fp16": inference.PrecisionType.Half,
+                 "int8": inference.PrecisionType.Int8}[plan.precision]
+    if plan.engine == "tensorrt":
+        config.enable_new_ir(False)  # the TensorRT subgraph pass runs on legacy programs only
+        # float32 outside the TensorRT subgraphs, as PaddleClas's predictor does
+        config.enable_use_gpu(int(g["gpu_mem"]), 0)
         # use_calib_mode=False: an INT8 model carries its scales from quant_post_static.py
         config.enable_tensorrt_engine(precision_mode=precision, max_batch_size=int(g["batch_size"]),
                                       min_subgraph_size=int(g["min_subgraph_size"]),
                                       use_calib_mode=False)
-    elif g["use_int8"]:
-        raise ConfigError("Global.use_int8 on a GPU runs through TensorRT: set "
-                          "-o Global.use_tensorrt=True")
+        # The exported batch dimension is -1: TensorRT 10 has no implicit-batch mode, so the
+        # engine is built for batches 1..batch_size (the last batch of a folder is smaller).
+        config.set_trt_dynamic_shape_info(*tensorrt_shape_ranges(plan.model_file, int(g["batch_size"])))
+    else:
+        config.enable_use_gpu(int(g["gpu_mem"]), 0, precision)
+    # Paddle logs an error and carries on without what it could not set up: make that a refusal
+    taken = config.use_gpu() and (plan.engine != "tensorrt" or (
+        config.tensorrt_engine_enabled() and config.tensorrt_precision_mode() == precision))
+    if not taken:
+        raise ConfigError(f"Paddle Inference did not accept the GPU settings (use_gpu, "
+                          f"{plan.engine}, {plan.precision}); its log above says why")
 
 
 def onnxruntime_runner(g):
@@ -297,14 +421,38 @@ def onnxruntime_runner(g):
         options.profile_file_prefix = os.path.join(g["inference_model_dir"], "onnxruntime_profile")
     options.intra_op_num_threads = int(g["cpu_num_threads"])
     options.log_severity_level = 3  # paddle2onnx leaves unused initializers; not worth a warning
-    providers = (["CUDAExecutionProvider"] if g["use_gpu"] else []) + ["CPUExecutionProvider"]
-    session = onnxruntime.InferenceSession(path, options, providers=providers)
+    session = onnxruntime.InferenceSession(path, options, providers=onnxruntime_providers(g))
+    if g["use_gpu"] and "CUDAExecutionProvider" not in session.get_providers():
+        # ONNX Runtime falls back to the CPU when CUDA or cuDNN cannot be loaded
+        raise ConfigError("Global.use_gpu: ONNX Runtime could not start its CUDA provider (are "
+                          "the CUDA and cuDNN libraries onnxruntime-gpu needs installed?); set "
+                          "-o Global.use_gpu=False to run on the CPU")
     input_name = session.get_inputs()[0].name
 
     def run_batch(images):
         return session.run(None, {input_name: images})[0]
 
     return run_batch
+
+
+def onnxruntime_providers(g):
+    """ONNX Runtime's execution providers for a deploy config, or a one-line refusal for a key
+    it would ignore: use_gpu needs the CUDA provider, which only the onnxruntime-gpu package
+    has; use_tensorrt and use_fp16 are Paddle Inference's (inference.onnx is float32)."""
+    import onnxruntime
+
+    for key in ("use_tensorrt", "use_fp16"):
+        if g[key]:
+            raise ConfigError(f"Global.{key} is for the paddle backend; the onnxruntime backend "
+                              f"runs inference.onnx as exported (float32): remove {key}")
+    if not g["use_gpu"]:
+        return ["CPUExecutionProvider"]
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ConfigError(f"Global.use_gpu: this onnxruntime has no CUDA provider (it has "
+                          f"{', '.join(available)}): pip install onnxruntime-gpu in its place, "
+                          "or set -o Global.use_gpu=False")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def is_int8_model(model_file):

@@ -43,8 +43,7 @@ fi
 SAVE_LOG=${BENCHMARK_LOG_DIR:-test_tipc/output/${model_name}/benchmark_train}
 mkdir -p "${SAVE_LOG}/index"
 start_chain "${SAVE_LOG}/train_log" "${SAVE_LOG}/results.log" "$MODE"
-GPU_AVAILABLE=0
-has_gpu && GPU_AVAILABLE=1
+VISIBLE_GPUS=$(visible_gpus)
 IFS=';' read -ra flag_list <<< "${flags/null/}"
 for flag in "${flag_list[@]}"; do export "${flag?}"; done
 
@@ -77,11 +76,15 @@ one_run() {
     esac
     nproc=${devices#*C}
     tag="$(basename "$PWD")_${model_name}_bs${batch}_${precision}_${run_mode}_${devices}_$([ "$trainer" = "to_static_train" ] && echo d2sT_)"
-    if [ $GPU_AVAILABLE -eq 1 ]; then
-        device=gpu
-        launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${SAVE_LOG}/dist_${tag} --gpus=$(seq -s, 0 $((nproc - 1)))")
+    local cards detail
+    cards=$(seq -s, 0 $((nproc - 1)))
+    read -r device detail <<< "$(gpu_entry "$cards" "$VISIBLE_GPUS")"
+    if [ "$device" = "skip" ]; then
+        skipped "$detail" "${tag}: ${norm_train} ${amp_args} --gpus=${cards}" "$status_log" "$model_name"
+        return
+    elif [ "$device" = "gpu" ]; then
+        launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${SAVE_LOG}/dist_${tag} --gpus=${cards}")
     else
-        device=cpu
         if [ -n "$amp_args" ]; then
             skipped "${precision} (AMP) needs a GPU" "${tag}: ${norm_train} ${amp_args}" "$status_log" "$model_name"
             return

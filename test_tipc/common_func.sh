@@ -92,8 +92,35 @@ summary() {
     [ "$failures" -eq 0 ]
 }
 
+# visible_gpus -> how many GPUs Paddle can use here: 0 without a CUDA build, else
+# paddle.device.cuda.device_count(), which CUDA_VISIBLE_DEVICES limits
+visible_gpus() {
+    python -c "import paddle; print(paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0)" 2>/dev/null || echo 0
+}
+
 has_gpu() {
-    python -c "import paddle, sys; sys.exit(0 if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null
+    [ "$(visible_gpus)" -gt 0 ]
+}
+
+# gpu_entry ENTRY VISIBLE -> how a gpu_list entry ("0", "0,1", "-1") runs when VISIBLE GPUs are
+# visible: "gpu N" (N processes on those cards), "cpu N" (no GPU visible, or -1: N CPU processes
+# over gloo), or "skip REASON" when it names a card that is not there.
+gpu_entry() {
+    local entry=$1 visible=$2 id count
+    count=$(( $(tr -cd ',' <<< "$entry" | wc -c) + 1 ))
+    if [ "$entry" = "-1" ] || [ "$visible" -eq 0 ]; then echo "cpu ${count}"; return; fi
+    for id in ${entry//,/ }; do
+        if [ "$id" -ge "$visible" ]; then
+            echo "skip gpu_list ${entry} needs ${count} GPUs (card ${id}); ${visible} visible"
+            return
+        fi
+    done
+    echo "gpu ${count}"
+}
+
+# amp_overrides COMMAND -> its "-o AMP.x=y" arguments (eval must autocast as training did)
+amp_overrides() {
+    grep -o -- "-o AMP\.[^ ]*" <<< "$1" | tr '\n' ' '
 }
 
 # weights_for MODEL URL -> the weights prefix for the chains that start from weights: URL when it
@@ -115,11 +142,15 @@ yaml_of() {
     done
 }
 
-# data_overrides DIR -> overrides pointing a config's Train/Eval data at a prepared set
-data_overrides() {
+# data_paths DIR -> overrides pointing a config's Train/Eval data at a prepared set
+data_paths() {
     echo "-o DataLoader.Train.dataset.image_root=$1 -o DataLoader.Train.dataset.cls_label_path=$1/train_list.txt" \
-         "-o DataLoader.Eval.dataset.image_root=$1 -o DataLoader.Eval.dataset.cls_label_path=$1/val_list.txt" \
-         "-o DataLoader.Train.loader.num_workers=0 -o DataLoader.Eval.loader.num_workers=0"
+         "-o DataLoader.Eval.dataset.image_root=$1 -o DataLoader.Eval.dataset.cls_label_path=$1/val_list.txt"
+}
+
+# data_overrides DIR -> data_paths, loaded in the training process (no loader workers)
+data_overrides() {
+    echo "$(data_paths "$1") -o DataLoader.Train.loader.num_workers=0 -o DataLoader.Eval.loader.num_workers=0"
 }
 
 # start_chain LOG_DIR STATUS_LOG DATA_MODE: the globals every chain script shares. Makes

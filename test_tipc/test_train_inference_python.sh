@@ -46,8 +46,9 @@ benchmark=$(param infer_params "-o Global.benchmark")
 chain_dir="test_tipc/output/${model_name}/${MODE}"
 start_chain "$chain_dir" "${chain_dir}/results_python.log" "$MODE"
 arch_override=${MODEL_OVERRIDE:+-o Arch.name=${MODEL_OVERRIDE}}
+VISIBLE_GPUS=$(visible_gpus)
 GPU_AVAILABLE=0
-has_gpu && GPU_AVAILABLE=1
+[ "$VISIBLE_GPUS" -gt 0 ] && GPU_AVAILABLE=1
 
 # ------------------------------------------------------------ inference sweep
 # infer_sweep MODEL_DIR RUN_NAME: the predictor over the config's settings; GPU-only ones are
@@ -62,8 +63,7 @@ infer_sweep() {
         for batch in ${infer_batch_list//|/ }; do
             if [ "$use_gpu" = "True" ]; then
                 for trt in ${trt_list//|/ }; do
-                    for fp16 in ${fp16_list//|/ }; do
-                        if [ "$trt" = "False" ] && [ "$fp16" = "True" ]; then continue; fi
+                    for fp16 in ${fp16_list//|/ }; do  # fp16 without TensorRT: GPU mixed precision
                         tag="${run_name}_gpu_trt_${trt}_fp16_${fp16}_batchsize_${batch}"
                         command="${python_cmd} deploy/${inference_cmd/-c /-c deploy/} -o Global.use_gpu=True -o Global.use_tensorrt=${trt} -o Global.use_fp16=${fp16} -o Global.batch_size=${batch} -o Global.inference_model_dir=${model_dir} -o Global.infer_imgs=${data_dir}/val $(set_param -o\ Global.benchmark "$benchmark")"
                         run "infer_${tag}" "$command"
@@ -102,12 +102,13 @@ if [ "$MODE" = "whole_infer" ]; then
     export_and_infer "$weights" "${LOG_PATH}/whole_infer"
 else
     for gpu in ${gpu_list//|/ }; do
-        nproc=$(( $(tr -cd ',' <<< "$gpu" | wc -c) + 1 ))
-        if [ "$gpu" = "-1" ] || [ $GPU_AVAILABLE -eq 0 ]; then
-            device=cpu
+        read -r device nproc <<< "$(gpu_entry "$gpu" "$VISIBLE_GPUS")"
+        if [ "$device" = "skip" ]; then
+            skipped "$nproc" "${norm_train:-$amp_train} --gpus=${gpu}" "$status_log" "$model_name"
+            continue
+        elif [ "$device" = "cpu" ]; then
             launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${LOG_PATH}/launch --nproc_per_node ${nproc}")
         else
-            device=gpu
             launcher=$([ "$nproc" -gt 1 ] && echo "-m paddle.distributed.launch --log_dir ${LOG_PATH}/launch --gpus=${gpu}")
         fi
         for autocast in ${autocast_list//|/ }; do
@@ -136,7 +137,8 @@ else
                 out="${LOG_PATH}/${trainer}_gpus_${gpu//,/-}_autocast_${autocast}"
                 run "train_$(basename "$out")" "${python_cmd} ${launcher:+$launcher --log_dir ${out}/dist_log} ${train_cmd} ${extra} ${amp_args} -o Global.device=${device} -o Global.epochs=${epochs} -o Global.output_dir=${out} $(set_param -o\ DataLoader.Train.sampler.batch_size "$batch_size") $(set_param -o\ Global.pretrained_model "$train_pretrained") $(data_overrides "$data_dir") ${arch_override}" || continue
                 weights="${out}/${model_name}/latest"
-                run "eval_$(basename "$out")" "${python_cmd} ${eval_cmd} -o Global.device=cpu -o Global.pretrained_model=${weights} $(data_overrides "$data_dir") ${arch_override}"
+                # on the training's device and at its AMP level: O2 evaluates under autocast
+                run "eval_$(basename "$out")" "${python_cmd} ${eval_cmd} -o Global.device=${device} $(amp_overrides "${train_cmd} ${amp_args}") -o Global.pretrained_model=${weights} $(data_overrides "$data_dir") ${arch_override}"
                 export_and_infer "$weights" "$out"
             done
         done

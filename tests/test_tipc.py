@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -204,3 +205,97 @@ def test_benchmark_train_prints_ips_and_skips_fp16_on_cpu():
                               f"{os.path.basename(ROOT)}_MnasNet_B1_x0_5_bs48_fp32_DP_N1C1_speed")
     speed = json.load(open(speed_file))
     assert speed["ips"] > 0 and speed["iterations"] == 3 and speed["speed_unit"] == "samples/s"
+
+
+def common_func(snippet):
+    """Runs SNIPPET in bash after sourcing test_tipc/common_func.sh; its stdout."""
+    proc = subprocess.run(["bash", "-c", f"source test_tipc/common_func.sh; {snippet}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.parametrize("entry,visible,plan", [
+    ("0", 1, "gpu 1"),
+    ("0,1", 1, "skip gpu_list 0,1 needs 2 GPUs (card 1); 1 visible"),
+    ("0,1", 2, "gpu 2"),
+    ("0,1,2,3", 2, "skip gpu_list 0,1,2,3 needs 4 GPUs (card 2); 2 visible"),
+    ("0,1", 0, "cpu 2"),   # no GPU: two CPU processes over gloo
+    ("-1", 8, "cpu 1"),
+])
+def test_gpu_list_entries_use_only_the_cards_that_are_visible(entry, visible, plan):
+    """PaddleClas's gpu_list 0|0,1 on a one-GPU machine: 0 trains on the card, 0,1 is one
+    skip line instead of a launch that fails on a card that is not there."""
+    assert common_func(f"gpu_entry {entry} {visible}") == plan
+
+
+def test_visible_gpus_are_counted_by_paddle():
+    assert common_func("visible_gpus") == "0"  # this CPU build
+    assert common_func("has_gpu && echo yes || echo no") == "no"
+
+
+def test_eval_gets_the_training_commands_amp_settings():
+    train = ("tools/train.py -c x.yaml -o Global.seed=1 -o AMP.use_amp=True -o AMP.scale_loss=128 "
+             "-o AMP.level=O2 -o Global.eval_during_train=False")
+    assert common_func(f'amp_overrides "{train}"').split() == [
+        "-o", "AMP.use_amp=True", "-o", "AMP.scale_loss=128", "-o", "AMP.level=O2"]
+
+
+def eval_log(path, *lines):
+    path.write_text("".join(f"[2026/01/01 00:00:00] INFO: {line}\n" for line in lines))
+    return str(path)
+
+
+def test_eval_comparison_reads_the_last_eval_of_each_log(tmp_path):
+    """compare_runs.py evals: the training's last [Eval] line against tools/eval.py's, as exact
+    fractions; --max_diff allows that many images either way (GPU non-determinism)."""
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    train = eval_log(tmp_path / "train.log",
+                     "[Eval][Epoch 1][Avg]loss: 1.50000, top1: 0.50000, top5: 1.00000 (top1 6/12, top5 12/12 correct, EMA weights)",
+                     "[Eval][Epoch 2][Avg]loss: 1.20000, top1: 0.58333, top5: 1.00000 (top1 7/12, top5 12/12 correct, EMA weights)")
+    same = eval_log(tmp_path / "same.log",
+                    "[Eval][Epoch 0][Avg]loss: 1.20000, top1: 0.58333, top5: 1.00000 (top1 7/12, top5 12/12 correct, EMA weights)")
+    first = eval_log(tmp_path / "first.log",
+                     "[Eval][Epoch 0][Avg]loss: 1.50000, top1: 0.50000, top5: 1.00000 (top1 6/12, top5 12/12 correct, EMA weights)")
+    model = eval_log(tmp_path / "model.log",
+                     "[Eval][Epoch 0][Avg]loss: 1.20000, top1: 0.58333, top5: 1.00000 (top1 7/12, top5 12/12 correct, model weights)")
+    assert main(["evals", train, same]) == 0
+    assert main(["evals", train, first]) == 1
+    assert main(["evals", train, first, "--max_diff", "1"]) == 0
+    assert main(["evals", train, model]) == 1  # EMA against the raw weights is another measurement
+    assert main(["evals", train, str(tmp_path / "none.log")]) == 1
+
+
+def test_loss_comparison_of_a_resumed_run_takes_the_steps_it_ran(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    def step(epoch, iteration, loss):
+        return (f"[Train][Epoch {epoch}/2][Iter: {iteration}/3]lr: 0.01000, CELoss: {loss}, "
+                f"loss: {loss}, top1: 0.5")
+    full = eval_log(tmp_path / "full.log", *(step(e, i, 2.0 - e / 10 - i / 100)
+                                             for e in (1, 2, 3) for i in range(3)))
+    # resumed at epoch 2 iteration 1: its running average of epoch 2 restarts there
+    resumed = eval_log(tmp_path / "resumed.log", step(2, 1, 1.5), step(2, 2, 1.6),
+                       *(step(3, i, 1.7 - i / 100) for i in range(3)))
+    assert main(["losses", full, resumed, "--resumed"]) == 0
+    assert main(["losses", full, resumed]) == 1  # without --resumed the steps must be the same
+    moved = eval_log(tmp_path / "moved.log", step(2, 1, 1.5), step(3, 0, 1.7), step(3, 1, 1.6))
+    assert main(["losses", full, moved, "--resumed"]) == 1
+    partial = eval_log(tmp_path / "partial.log", step(3, 1, 1.69), step(3, 2, 1.68))
+    assert main(["losses", full, partial, "--resumed"]) == 1  # no whole epoch to compare
+
+
+def test_prediction_comparison_can_require_the_same_top1(tmp_path):
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
+    from compare_runs import main
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([{"file_name": "x.jpg", "class_ids": [3, 1], "scores": [0.50001, 0.5]}]))
+    b.write_text(json.dumps([{"file_name": "x.jpg", "class_ids": [1, 3], "scores": [0.50001, 0.5]}]))
+    assert main(["predictions", str(a), str(b), "--atol", "1e-4"]) == 0
+    assert main(["predictions", str(a), str(b), "--atol", "1e-4", "--same_top1"]) == 1

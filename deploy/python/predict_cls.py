@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
 from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, apply_inference_config,  # noqa: E402
-                             backend_of, list_images, predict_files, print_results, save_results)
+                             backend_of, list_images, predict_files, print_results, running_precision,
+                             save_results)
 from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import load_yaml, apply_override, parse_override, parse_args  # noqa: E402
@@ -87,9 +88,9 @@ def main(args):
     if g["benchmark"] or g["enable_benchmark"]:
         readable = [f for f, r in zip(files, results) if "error" not in r]
         ms = benchmark(readable, preprocess, run_batch, postprocess, int(g["batch_size"]))
-        precision = "int8" if g["use_int8"] else "fp16" if g["use_fp16"] else "fp32"
-        line = (f"benchmark ({backend}, {precision}, batch {g['batch_size']}, "
-                f"{g['cpu_num_threads']} threads): preprocess {ms['preprocess']:.3f} ms, "
+        where = "GPU" if g["use_gpu"] else f"{g['cpu_num_threads']} threads"
+        line = (f"benchmark ({backend}, {running_precision(g)}, batch {g['batch_size']}, "
+                f"{where}): preprocess {ms['preprocess']:.3f} ms, "
                 f"inference {ms['inference']:.3f} ms, postprocess {ms['postprocess']:.3f} ms per image "
                 "(median of 20 runs after 5 warm-up runs)")
         print(line)
