@@ -20,10 +20,8 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import math
 import os
 import signal
-import time
 
 import numpy as np
 import paddle
@@ -34,6 +32,7 @@ from ppcls.data import build_dataloader
 from ppcls.engine import replicas
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
+from ppcls.engine.step_values import IntervalTimer, StepValues
 from ppcls.engine.stop_signals import StopSignals
 from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
@@ -76,6 +75,11 @@ def keep_float32_masters(optimizer, model, dtype="float16"):
         for param in layer.parameters(include_sublayers=False):
             if not param.stop_gradient and param.name not in optimizer._master_weights:
                 optimizer._create_master_weight(param)
+
+
+# A multi-process run agrees on stopping (and a NaN loss) at least every CHECK_EVERY
+# iterations: one tiny all-reduce and one read of the device, instead of one per step.
+CHECK_EVERY = 10
 
 
 def _mix_seed(*parts):
@@ -422,45 +426,45 @@ class Engine:
         """One epoch from `start_iter`; a Stop if a stop signal ended it early."""
         self.train_loader.batch_sampler.set_epoch(epoch, start_iter)
         self.train_model.train()
+        self.step_values = StepValues([n for m in self.train_metrics for n in m.names])
         with contextlib.closing(iter(self.train_loader)) as batches:
-            sums, seen, stop = self._train_iterations(epoch, start_iter, batches)
-        if seen and not stop:
-            avg = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
+            stop = self._train_iterations(epoch, start_iter, batches)
+        values = self.step_values
+        if values.seen and not stop:
+            avg = ", ".join(f"{k}: {v:.5f}" for k, v in values.averages().items())
             logger.info("[Train][Epoch %d/%d][Avg]%s", epoch, self.g["epochs"], avg)
         return stop
 
     def _train_iterations(self, epoch, start_iter, batches):
-        sums, seen = {}, 0
-        every = self.g["save_latest_steps"]
-        tic = time.time()
+        every, print_every = self.g["save_latest_steps"], self.g["print_batch_step"]
+        timer = IntervalTimer()
         for iteration in range(start_iter, self.steps_per_epoch):
             batch_data = self._next_batch(batches)
             if batch_data is None:
-                return sums, seen, Stop(epoch, iteration, agreed=False)
+                return Stop(epoch, iteration, agreed=False)
             images, labels = batch_data
-            reader_cost = time.time() - tic
+            timer.loaded()
             paddle.seed(self._step_seed(epoch, iteration))
             losses, logits = self._train_step(images, labels)
+            self.step_values.add(iteration, images.shape[0], losses,
+                                 [m.counts(logits, labels) for m in self.train_metrics])
 
-            batch = images.shape[0]
-            values = {k: float(v) for k, v in losses.items()}
-            stop_requested = self._check_progress(epoch, iteration, values["loss"])
-            for metric in self.train_metrics:
-                values.update({k: c / batch for k, c in metric.counts(logits, labels).items()})
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value * batch
-            seen += batch
-            batch_cost = time.time() - tic
-            if iteration % self.g["print_batch_step"] == 0 or iteration == self.steps_per_epoch - 1:
-                self._log_train(epoch, iteration, sums, seen, batch, batch_cost, reader_cost)
             last = iteration + 1 == self.steps_per_epoch
+            logged = iteration % print_every == 0 or last
+            saving = bool(every) and (iteration + 1) % every == 0 and not last
+            # Reading the values waits for the device: only at log steps, before saving,
+            # and every CHECK_EVERY steps, where the ranks also agree on stopping.
+            checked = logged or saving or iteration % CHECK_EVERY == 0
+            stop_requested = self._check_progress(epoch, checked)
+            if logged:
+                self._log_train(epoch, iteration, images.shape[0], *timer.lap())
             if stop_requested and not last:  # at the last step the epoch end comes first
-                return sums, seen, Stop(epoch, iteration + 1)
-            if every and (iteration + 1) % every == 0 and not last:
+                return Stop(epoch, iteration + 1)
+            if saving:
                 self._average_statistics()
                 self.save("latest", epoch, iteration + 1)
-            tic = time.time()
-        return sums, seen, None
+            timer.step_done()
+        return None
 
     def _next_batch(self, batches):
         """The next batch, or None when a stop signal interrupted the loader (Ctrl-C in a
@@ -472,17 +476,27 @@ class Engine:
                 return None
             raise
 
-    def _check_progress(self, epoch, iteration, loss):
-        """After each step: raise on a NaN/Inf loss on any rank; True when the ranks agree
-        to stop after a stop signal."""
-        diverged, stop = self._agree(not math.isfinite(loss), self.signals.requested)
+    def _check_progress(self, epoch, checked):
+        """After each step: True when the ranks agree to stop after a stop signal. At a
+        `checked` step the values of the steps since the last one are read, and a NaN or
+        infinite loss on any rank raises (on every rank alike). A single process reacts
+        to a stop signal at any step; several agree at checked steps (one tiny all-reduce)."""
+        if not checked:
+            return self.world_size == 1 and self.signals.requested
+        self.step_values.read()
+        diverged, stop = self._agree(self.step_values.first_non_finite is not None,
+                                     self.signals.requested)
         if diverged:
-            what = loss if not math.isfinite(loss) else "NaN or infinite on another process"
-            raise TrainingDiverged(
-                f"the loss became {what} at epoch {epoch}, iteration {iteration}: training "
-                f"stopped. {self._last_saved_text()} Lower Optimizer.lr.learning_rate or set "
-                "Optimizer.clip_global_norm, then resume from it")
+            self._raise_diverged(epoch)
         return stop
+
+    def _raise_diverged(self, epoch):
+        found = self.step_values.first_non_finite
+        where = (f"{found[1]} at epoch {epoch}, iteration {found[0]}" if found else
+                 f"NaN or infinite on another process in epoch {epoch}")
+        raise TrainingDiverged(
+            f"the loss became {where}: training stopped. {self._last_saved_text()} Lower "
+            "Optimizer.lr.learning_rate or set Optimizer.clip_global_norm, then resume from it")
 
     def _agree(self, diverged, stop):
         """All processes stop together: one tiny all-reduce of both flags."""
@@ -516,8 +530,9 @@ class Engine:
             self.ema.update(self.model)
         return losses, logits
 
-    def _log_train(self, epoch, iteration, sums, seen, batch, batch_cost, reader_cost):
-        metrics = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
+    def _log_train(self, epoch, iteration, batch, batch_cost, reader_cost):
+        averages = self.step_values.averages()
+        metrics = ", ".join(f"{k}: {v:.5f}" for k, v in averages.items())
         remaining = (self.g["epochs"] - epoch) * self.steps_per_epoch + (
             self.steps_per_epoch - iteration - 1)
         eta = datetime.timedelta(seconds=int(remaining * batch_cost))
@@ -527,8 +542,8 @@ class Engine:
                     batch_cost, reader_cost, batch / batch_cost, eta)
         if self.vdl:
             step = (epoch - 1) * self.steps_per_epoch + iteration
-            for key, value in sums.items():
-                self.vdl.add_scalar(f"Train/{key}", value / seen, step)
+            for key, value in averages.items():
+                self.vdl.add_scalar(f"Train/{key}", value, step)
             self.vdl.add_scalar("Train/lr", self.optimizer.get_lr(), step)
 
     def _state(self, epoch, iteration, evaluated):
@@ -543,6 +558,7 @@ class Engine:
     def save(self, name, epoch, iteration, evaluated=True):
         if self.rank != 0:
             return
+        self._check_losses_finite(epoch)
         self._check_weights_finite(epoch, iteration)
         prefix = os.path.join(self.output_dir, name)
         save_checkpoint(prefix, self.model, self.optimizer, self.ema,
@@ -553,6 +569,15 @@ class Engine:
         if name.startswith("epoch_") and keep and epoch - keep * self.g["save_interval"] > 0:
             remove_checkpoint(os.path.join(
                 self.output_dir, f"epoch_{epoch - keep * self.g['save_interval']}"))
+
+    def _check_losses_finite(self, epoch):
+        """The losses of steps not read yet (a stop signal can end an epoch between two
+        checked steps) are read before anything is saved."""
+        values = getattr(self, "step_values", None)
+        if values is not None:
+            values.read()
+            if values.first_non_finite is not None:
+                self._raise_diverged(epoch)
 
     def _check_weights_finite(self, epoch, iteration):
         """Never overwrite a good checkpoint with NaN weights (a finite loss can still
@@ -610,7 +635,7 @@ class Engine:
         if sums is None:
             return None
         counts, loss_sum, seen = sums
-        keys = sorted(counts)
+        keys = sorted(counts)  # known up front: the same on every rank, even one without images
         skipped = len(self.eval_loader.policy.skipped)
         totals = self._sum_over_processes([seen, skipped, *[counts[k] for k in keys]], "int64")
         loss_total = self._sum_over_processes([loss_sum], "float64")[0]
@@ -630,16 +655,15 @@ class Engine:
         return results
 
     def _eval_batches(self, net, epoch, batches):
-        counts, loss_sum, seen = {}, 0.0, 0
+        names = [n for m in self.eval_metrics for n in m.names]
+        values = []  # (batch size, float64 tensor [loss, *counts]) per batch, read at the end
         for iteration, (images, labels) in enumerate(batches):
             logits = self._eval_forward(net, images)
-            batch = images.shape[0]
+            parts = [m.counts(logits, labels).astype("float64") for m in self.eval_metrics]
             if self.eval_loss:
-                loss_sum += float(self.eval_loss(logits, labels)["loss"]) * batch
-            for metric in self.eval_metrics:
-                for key, value in metric.counts(logits, labels).items():
-                    counts[key] = counts.get(key, 0) + value
-            seen += batch
+                parts.insert(0, self.eval_loss(logits, labels)["loss"].reshape([1])
+                             .astype("float64"))
+            values.append((images.shape[0], paddle.concat(parts)))
             if iteration % self.g["print_batch_step"] == 0:
                 logger.info("[Eval][Epoch %d][Iter: %d/%d]", epoch, iteration,
                             len(self.eval_loader))
@@ -647,6 +671,15 @@ class Engine:
             # length by a batch, so processes cannot agree per batch; they stop after it.
             if self.world_size == 1 and self.mode == "train" and self.signals.requested:
                 return None
+        counts, loss_sum, seen = dict.fromkeys(names, 0), 0.0, 0
+        rows = paddle.stack([row for _, row in values]).numpy() if values else []
+        for (batch, _), row in zip(values, rows):  # the host's sums, as when read per batch
+            if self.eval_loss:
+                loss_sum += float(row[0]) * batch
+                row = row[1:]
+            for key, count in zip(names, row):
+                counts[key] += int(count)
+            seen += batch
         return counts, loss_sum, seen
 
     def _eval_forward(self, net, images):
