@@ -582,11 +582,12 @@ class Engine:
     def _check_weights_finite(self, epoch, iteration):
         """Never overwrite a good checkpoint with NaN weights (a finite loss can still
         produce an infinite gradient in its step)."""
-        state = self.model.state_dict()
-        finite = paddle.stack([paddle.isfinite(t).all() for t in state.values()])
+        named = [(n, t) for n, t in replicas.named_state_tensors(self.model)
+                 if paddle.is_floating_point(t)]
+        finite = paddle.stack([paddle.isfinite(t).all() for _, t in named])
         if bool(finite.all()):  # one host sync, not one per tensor
             return
-        for name, ok in zip(state, finite.numpy()):
+        for (name, _), ok in zip(named, finite.numpy()):
             if not ok:
                 raise TrainingDiverged(
                     f"{name} holds NaN or infinite values after epoch {epoch}, iteration "
