@@ -30,6 +30,9 @@ import paddle.distributed as dist
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.engine import replicas
+from ppcls.engine.amp import (amp_settings, autocast, convert_optimizer_state,
+                              evaluates_under_autocast, keep_float32_masters, level_of,
+                              master_weight_params)
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
 from ppcls.engine.step_values import IntervalTimer, StepValues
@@ -60,23 +63,6 @@ class Stop:
     agreed: bool = True
 
 
-def keep_float32_masters(optimizer, model, dtype="float16"):
-    """AMP O2's decorate casts parameters to float16 in place, discarding their float32
-    values; the optimizer then makes its float32 master weights at the first step from the
-    float16 copies, so loaded weights would lose their low bits for good. Making the masters
-    now, from the loaded float32 values, avoids that: Paddle's optimizer reuses a master
-    that exists under the parameter's name (as it does for masters a resumed checkpoint
-    restored, which are kept)."""
-    from paddle.amp.auto_cast import need_keep_fp32  # which layers decorate leaves alone
-
-    for layer in model.sublayers(include_self=True):
-        if need_keep_fp32(layer, dtype):
-            continue
-        for param in layer.parameters(include_sublayers=False):
-            if not param.stop_gradient and param.name not in optimizer._master_weights:
-                optimizer._create_master_weight(param)
-
-
 # A multi-process run agrees on stopping (and a NaN loss) at least every CHECK_EVERY
 # iterations: one tiny all-reduce and one read of the device, instead of one per step.
 CHECK_EVERY = 10
@@ -104,8 +90,8 @@ class Engine:
 
         self._download_weights_once()
         self.model = build_model(config)
-        self.amp = self._setup_amp()
-        self.amp_eval = self._evaluates_under_autocast()
+        self.amp = amp_settings(config, self.g["device"])
+        self.amp_eval = evaluates_under_autocast(self.amp)
         self.ema = self._setup_ema()
         self.weights_kind = "EMA" if self.ema else "model"  # what evaluate() reports
         if mode == "eval" and self.g.get("pretrained_model"):
@@ -169,30 +155,6 @@ class Engine:
         if self.g.get("seed") is not None:
             return int(self.g["seed"])
         return int.from_bytes(os.urandom(4), "little") >> 1
-
-    def _setup_amp(self):
-        amp = self.config.get("AMP")
-        if not amp or not amp["use_amp"]:
-            return None
-        if amp["level"] not in ("O1", "O2"):
-            raise ConfigError(f"AMP.level must be O1 or O2, got {amp['level']!r}")
-        if self.g["device"] != "gpu":
-            logger.warning("AMP needs a GPU: training in float32 on %s instead", self.g["device"])
-            return None
-        return amp
-
-    def _evaluates_under_autocast(self):
-        """Evaluation runs under auto_cast when AMP.use_fp16_test says so, and always at O2
-        (its float16 model cannot take float32 images), in training and in eval.py alike:
-        eval.py keeps the float32 weights the checkpoint holds, and auto_cast rounds them
-        to float16 exactly as O2's decorate did in training."""
-        if not self.amp:
-            return False
-        if self.amp["level"] == "O2" and not self.amp["use_fp16_test"]:
-            logger.warning("AMP level O2 evaluates in float16: AMP.use_fp16_test is taken as "
-                           "True")
-            return True
-        return self.amp["use_fp16_test"]
 
     def _setup_ema(self):
         if not self.config.get("EMA"):
@@ -300,7 +262,13 @@ class Engine:
                     changes, state["epoch"] + 1, state["epoch"] + 1)
 
     def _resume(self, path):
-        state = load_checkpoint(path, self.model, self.optimizer, self.ema)
+        saved_level = self.checkpoint_state.get("amp_level")  # None before it was recorded
+
+        def convert(opt_state):
+            return convert_optimizer_state(opt_state, self.optimizer, self.model, self.amp,
+                                           saved_level, path)
+
+        state = load_checkpoint(path, self.model, self.optimizer, self.ema, convert)
         self.lr.set_state_dict(state["lr_scheduler"])
         self._check_resume_plan(path, state)
         if self.scaler is not None and state.get("scaler"):
@@ -511,8 +479,7 @@ class Engine:
 
     def _train_step(self, images, labels):
         if self.amp:
-            with paddle.amp.auto_cast(level=self.amp["level"],
-                                      use_promote=self.amp["use_promote"]):
+            with autocast(self.amp):
                 logits = self.train_model(images)
                 losses = self.train_loss(logits.astype("float32"), labels)
             self.scaler.scale(losses["loss"]).backward()
@@ -553,6 +520,9 @@ class Engine:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "evaluated_weights": "ema" if self.ema else "model",
                 "arch": self.arch_name, "plan": self._data_plan(),
+                # the optimizer state's layout depends on them (see amp.py)
+                "amp_level": level_of(self.amp),
+                "master_weights": bool(master_weight_params(self.model, self.amp)),
                 "stem_relu": getattr(self.model, "stem_relu", None)}  # the weights' topology
 
     def save(self, name, epoch, iteration, evaluated=True):
@@ -686,7 +656,7 @@ class Engine:
     def _eval_forward(self, net, images):
         if not self.amp_eval:
             return net(images)
-        with paddle.amp.auto_cast(level=self.amp["level"], use_promote=self.amp["use_promote"]):
+        with autocast(self.amp):
             return net(images).astype("float32")
 
     def _log_eval_count(self, epoch, seen, skipped):
