@@ -11,9 +11,14 @@ weight initialisation, the data order and augmentation (through the sampler) and
 therefore continues exactly as the uninterrupted run would have.
 
 Failures: `latest` is saved at every epoch end and every `Global.save_latest_steps`
-iterations, and on SIGINT/SIGTERM after the current iteration; a NaN or infinite loss
-stops training before anything is saved; in multi-process runs the ranks agree on stopping
-every iteration, and a watchdog reports a worker that dies (see peer_watchdog.py).
+iterations, and on SIGINT/SIGTERM after the current iteration (multi-process: after the
+next iteration where the ranks agree, at most CHECK_EVERY away); a NaN or infinite loss
+stops training before anything is saved; a watchdog reports a worker that dies (see
+peer_watchdog.py).
+
+Speed: a step never waits for the device: losses and accuracies are read at log steps,
+every CHECK_EVERY iterations and before saves (step_values.py), and per-step work never
+calls state_dict() (AMP O2's decorate hooks it with a cast of every tensor; see ema.py).
 """
 
 import contextlib
