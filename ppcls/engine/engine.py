@@ -639,7 +639,7 @@ class Engine:
             if self.eval_loss:
                 parts.insert(0, self.eval_loss(logits, labels)["loss"].reshape([1])
                              .astype("float64"))
-            values.append((images.shape[0], paddle.concat(parts)))
+            values.append((images.shape[0], paddle.concat(parts or [paddle.zeros([0], "float64")])))
             if iteration % self.g["print_batch_step"] == 0:
                 logger.info("[Eval][Epoch %d][Iter: %d/%d]", epoch, iteration,
                             len(self.eval_loader))
