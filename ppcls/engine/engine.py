@@ -606,6 +606,8 @@ class Engine:
         a stop signal interrupted it (single-process training only)."""
         net = self.ema.model if self.ema else self.model
         net.eval()
+        if self.world_size > 1:
+            depthwise_conv.prepare()  # every rank, with or without images
         with contextlib.closing(iter(self.eval_loader)) as batches:
             sums = self._eval_batches(net, epoch, batches)
         if sums is None:
