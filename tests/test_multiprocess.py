@@ -139,3 +139,44 @@ def test_two_nodes_train_together(digits, tmp_path):
     log = (tmp_path / "out" / ARCH_DIR / "train.log").read_text()
     assert "2 process(es) trained on 1438 of the 1438 samples" in log
     assert "2 replicas hold identical weights" in log
+
+
+def eval_lists(digits, sizes):
+    """Validation lists of the first `sizes` images: with 2 processes, a list of 1 leaves
+    rank 1 without an image (as 9 images on 8 GPUs would leave one), and 3 gives shards of
+    2 and 1."""
+    val = (digits / "val_list.txt").read_text().splitlines()
+    paths = {}
+    for n in sizes:
+        paths[n] = digits / f"val_first_{n}.txt"
+        paths[n].write_text("\n".join(val[:n]) + "\n")
+    return paths
+
+
+def exact_counts(eval_line):
+    """The exact part of an [Avg] line: '(top1 a/n, top5 b/n correct, ... weights)'."""
+    return re.search(r"\(top1 .*\)", eval_line).group(0)
+
+
+def test_uneven_and_empty_evaluation_shards_give_the_single_process_metrics(digits, tmp_path):
+    """Every collective of an evaluation has the same shape on every rank, whatever its
+    shard holds: during 2-process training with 1 image to evaluate (rank 1 has none),
+    and in eval.py with 1 and 3 images on 2 processes, the exact counts are eval.py's on
+    one process."""
+    lists = eval_lists(digits, (1, 3))
+    launch("tools/train.py", *config_args(learning_overrides(digits, tmp_path / "ddp",
+                                                             extra=["EMA.decay=0.9"]),
+                                          f"DataLoader.Eval.dataset.cls_label_path={lists[1]}"))
+    out = tmp_path / "ddp" / ARCH_DIR
+    log = (out / "train.log").read_text()
+    assert "[Eval][Epoch 6] evaluated 1 of the 1 images listed" in log, log[-3000:]
+    lists[359] = digits / "val_list.txt"  # the whole set: the model learned
+    for n, path in lists.items():
+        extra = ["EMA.decay=0.9", f"DataLoader.Eval.dataset.cls_label_path={path}"]
+        single, single_line = eval_tool_fraction(digits, tmp_path, out / "latest", extra)
+        double, double_line = eval_tool_fraction(digits, tmp_path, out / "latest", extra, nproc=2)
+        assert exact_counts(double_line) == exact_counts(single_line), (n, double_line)
+        assert single.endswith(f"/{n}")
+        if n == 1:
+            assert single == stored_fraction(log, 6)
+    assert eval(single) > 0.5, single_line  # noqa: S307 - "a/b" from our own log; chance 0.1

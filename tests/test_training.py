@@ -208,3 +208,38 @@ def test_amp_o2_master_weights_keep_the_loaded_float32_values():
     amp_initialize([model], "float16", None)
     param = next(p for p in model.parameters() if p.dtype == paddle.float16)
     assert not np.array_equal(optimizer._create_master_weight(param).numpy(), loaded[param.name])
+
+
+# Every way a tensor's value reaches Python; each makes the host wait for the device.
+HOST_READS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__index__",
+              "__array__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Counts reads of tensor values on the host, in Paddle's own Tensor methods."""
+    reads = []
+    for name in HOST_READS:
+        original = getattr(paddle.Tensor, name, None)
+        if original is None:
+            continue
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(paddle.Tensor, name, counted)
+    return reads
+
+
+def test_training_reads_the_device_only_at_checked_steps(digits, tmp_path, host_reads):
+    """24 steps logged at the first and the last only: losses and accuracies stay on the
+    device and are read there and every 10 steps (where several processes agree on
+    stopping), once each time; before, each step read them (288 reads in these 24 steps)."""
+    engine = make_engine(digits, tmp_path, epochs=1, extra=[
+        "DataLoader.Train.sampler.batch_size=4", "Global.print_batch_step=1000", "EMA.decay=0.9"])
+    assert engine.steps_per_epoch == 24
+    del host_reads[:]
+    engine.train_epoch(1)
+    checked_steps = [0, 10, 20, 23]
+    assert len(host_reads) <= len(checked_steps), host_reads

@@ -11,19 +11,22 @@ weight initialisation, the data order and augmentation (through the sampler) and
 therefore continues exactly as the uninterrupted run would have.
 
 Failures: `latest` is saved at every epoch end and every `Global.save_latest_steps`
-iterations, and on SIGINT/SIGTERM after the current iteration; a NaN or infinite loss
-stops training before anything is saved; in multi-process runs the ranks agree on stopping
-every iteration, and a watchdog reports a worker that dies (see peer_watchdog.py).
+iterations, and on SIGINT/SIGTERM after the current iteration (multi-process: after the
+next iteration where the ranks agree, at most CHECK_EVERY away); a NaN or infinite loss
+stops training before anything is saved; a watchdog reports a worker that dies (see
+peer_watchdog.py).
+
+Speed: a step never waits for the device: losses and accuracies are read at log steps,
+every CHECK_EVERY iterations and before saves (step_values.py), and per-step work never
+calls state_dict() (AMP O2's decorate hooks it with a cast of every tensor; see ema.py).
 """
 
 import contextlib
 import copy
 import dataclasses
 import datetime
-import math
 import os
 import signal
-import time
 
 import numpy as np
 import paddle
@@ -32,9 +35,13 @@ import paddle.distributed as dist
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.engine import replicas
+from ppcls.engine.amp import (amp_settings, autocast, convert_optimizer_state,
+                              evaluates_under_autocast, keep_float32_masters, level_of,
+                              master_weight_params)
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.peer_watchdog import PeerWatchdog
 from ppcls.engine.run_lock import RunLock, make_output_dir
+from ppcls.engine.step_values import IntervalTimer, StepValues
 from ppcls.engine.stop_signals import StopSignals
 from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
@@ -62,21 +69,9 @@ class Stop:
     agreed: bool = True
 
 
-def keep_float32_masters(optimizer, model, dtype="float16"):
-    """AMP O2's decorate casts parameters to float16 in place, discarding their float32
-    values; the optimizer then makes its float32 master weights at the first step from the
-    float16 copies, so loaded weights would lose their low bits for good. Making the masters
-    now, from the loaded float32 values, avoids that: Paddle's optimizer reuses a master
-    that exists under the parameter's name (as it does for masters a resumed checkpoint
-    restored, which are kept)."""
-    from paddle.amp.auto_cast import need_keep_fp32  # which layers decorate leaves alone
-
-    for layer in model.sublayers(include_self=True):
-        if need_keep_fp32(layer, dtype):
-            continue
-        for param in layer.parameters(include_sublayers=False):
-            if not param.stop_gradient and param.name not in optimizer._master_weights:
-                optimizer._create_master_weight(param)
+# A multi-process run agrees on stopping (and a NaN loss) at least every CHECK_EVERY
+# iterations: one tiny all-reduce and one read of the device, instead of one per step.
+CHECK_EVERY = 10
 
 
 def _mix_seed(*parts):
@@ -104,8 +99,8 @@ class Engine:
 
         self._download_weights_once()
         self.model = build_model(config)
-        self.amp = self._setup_amp()
-        self.amp_eval = self._evaluates_under_autocast()
+        self.amp = amp_settings(config, self.g["device"])
+        self.amp_eval = evaluates_under_autocast(self.amp)
         self.ema = self._setup_ema()
         self.weights_kind = "EMA" if self.ema else "model"  # what evaluate() reports
         if mode == "eval" and self.g.get("pretrained_model"):
@@ -189,30 +184,6 @@ class Engine:
         if self.g.get("seed") is not None:
             return int(self.g["seed"])
         return int.from_bytes(os.urandom(4), "little") >> 1
-
-    def _setup_amp(self):
-        amp = self.config.get("AMP")
-        if not amp or not amp["use_amp"]:
-            return None
-        if amp["level"] not in ("O1", "O2"):
-            raise ConfigError(f"AMP.level must be O1 or O2, got {amp['level']!r}")
-        if self.g["device"] != "gpu":
-            logger.warning("AMP needs a GPU: training in float32 on %s instead", self.g["device"])
-            return None
-        return amp
-
-    def _evaluates_under_autocast(self):
-        """Evaluation runs under auto_cast when AMP.use_fp16_test says so, and always at O2
-        (its float16 model cannot take float32 images), in training and in eval.py alike:
-        eval.py keeps the float32 weights the checkpoint holds, and auto_cast rounds them
-        to float16 exactly as O2's decorate did in training."""
-        if not self.amp:
-            return False
-        if self.amp["level"] == "O2" and not self.amp["use_fp16_test"]:
-            logger.warning("AMP level O2 evaluates in float16: AMP.use_fp16_test is taken as "
-                           "True")
-            return True
-        return self.amp["use_fp16_test"]
 
     def _setup_ema(self):
         if not self.config.get("EMA"):
@@ -320,7 +291,13 @@ class Engine:
                     changes, state["epoch"] + 1, state["epoch"] + 1)
 
     def _resume(self, path):
-        state = load_checkpoint(path, self.model, self.optimizer, self.ema)
+        saved_level = self.checkpoint_state.get("amp_level")  # None before it was recorded
+
+        def convert(opt_state):
+            return convert_optimizer_state(opt_state, self.optimizer, self.model, self.amp,
+                                           saved_level, path)
+
+        state = load_checkpoint(path, self.model, self.optimizer, self.ema, convert)
         self.lr.set_state_dict(state["lr_scheduler"])
         self._check_resume_plan(path, state)
         if self.scaler is not None and state.get("scaler"):
@@ -454,45 +431,45 @@ class Engine:
         """One epoch from `start_iter`; a Stop if a stop signal ended it early."""
         self.train_loader.batch_sampler.set_epoch(epoch, start_iter)
         self.train_model.train()
+        self.step_values = StepValues([n for m in self.train_metrics for n in m.names])
         with contextlib.closing(iter(self.train_loader)) as batches:
-            sums, seen, stop = self._train_iterations(epoch, start_iter, batches)
-        if seen and not stop:
-            avg = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
+            stop = self._train_iterations(epoch, start_iter, batches)
+        values = self.step_values
+        if values.seen and not stop:
+            avg = ", ".join(f"{k}: {v:.5f}" for k, v in values.averages().items())
             logger.info("[Train][Epoch %d/%d][Avg]%s", epoch, self.g["epochs"], avg)
         return stop
 
     def _train_iterations(self, epoch, start_iter, batches):
-        sums, seen = {}, 0
-        every = self.g["save_latest_steps"]
-        tic = time.time()
+        every, print_every = self.g["save_latest_steps"], self.g["print_batch_step"]
+        timer = IntervalTimer()
         for iteration in range(start_iter, self.steps_per_epoch):
             batch_data = self._next_batch(batches)
             if batch_data is None:
-                return sums, seen, Stop(epoch, iteration, agreed=False)
+                return Stop(epoch, iteration, agreed=False)
             images, labels = batch_data
-            reader_cost = time.time() - tic
+            timer.loaded()
             paddle.seed(self._step_seed(epoch, iteration))
             losses, logits = self._train_step(images, labels)
+            self.step_values.add(iteration, images.shape[0], losses,
+                                 [m.counts(logits, labels) for m in self.train_metrics])
 
-            batch = images.shape[0]
-            values = {k: float(v) for k, v in losses.items()}
-            stop_requested = self._check_progress(epoch, iteration, values["loss"])
-            for metric in self.train_metrics:
-                values.update({k: c / batch for k, c in metric.counts(logits, labels).items()})
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value * batch
-            seen += batch
-            batch_cost = time.time() - tic
-            if iteration % self.g["print_batch_step"] == 0 or iteration == self.steps_per_epoch - 1:
-                self._log_train(epoch, iteration, sums, seen, batch, batch_cost, reader_cost)
             last = iteration + 1 == self.steps_per_epoch
+            logged = iteration % print_every == 0 or last
+            saving = bool(every) and (iteration + 1) % every == 0 and not last
+            # Reading the values waits for the device: only at log steps, before saving,
+            # and every CHECK_EVERY steps, where the ranks also agree on stopping.
+            checked = logged or saving or iteration % CHECK_EVERY == 0
+            stop_requested = self._check_progress(epoch, checked)
+            if logged:
+                self._log_train(epoch, iteration, images.shape[0], *timer.lap())
             if stop_requested and not last:  # at the last step the epoch end comes first
-                return sums, seen, Stop(epoch, iteration + 1)
-            if every and (iteration + 1) % every == 0 and not last:
+                return Stop(epoch, iteration + 1)
+            if saving:
                 self._average_statistics()
                 self.save("latest", epoch, iteration + 1)
-            tic = time.time()
-        return sums, seen, None
+            timer.step_done()
+        return None
 
     def _next_batch(self, batches):
         """The next batch, or None when a stop signal interrupted the loader (Ctrl-C in a
@@ -504,17 +481,27 @@ class Engine:
                 return None
             raise
 
-    def _check_progress(self, epoch, iteration, loss):
-        """After each step: raise on a NaN/Inf loss on any rank; True when the ranks agree
-        to stop after a stop signal."""
-        diverged, stop = self._agree(not math.isfinite(loss), self.signals.requested)
+    def _check_progress(self, epoch, checked):
+        """After each step: True when the ranks agree to stop after a stop signal. At a
+        `checked` step the values of the steps since the last one are read, and a NaN or
+        infinite loss on any rank raises (on every rank alike). A single process reacts
+        to a stop signal at any step; several agree at checked steps (one tiny all-reduce)."""
+        if not checked:
+            return self.world_size == 1 and self.signals.requested
+        self.step_values.read()
+        diverged, stop = self._agree(self.step_values.first_non_finite is not None,
+                                     self.signals.requested)
         if diverged:
-            what = loss if not math.isfinite(loss) else "NaN or infinite on another process"
-            raise TrainingDiverged(
-                f"the loss became {what} at epoch {epoch}, iteration {iteration}: training "
-                f"stopped. {self._last_saved_text()} Lower Optimizer.lr.learning_rate or set "
-                "Optimizer.clip_global_norm, then resume from it")
+            self._raise_diverged(epoch)
         return stop
+
+    def _raise_diverged(self, epoch):
+        found = self.step_values.first_non_finite
+        where = (f"{found[1]} at epoch {epoch}, iteration {found[0]}" if found else
+                 f"NaN or infinite on another process in epoch {epoch}")
+        raise TrainingDiverged(
+            f"the loss became {where}: training stopped. {self._last_saved_text()} Lower "
+            "Optimizer.lr.learning_rate or set Optimizer.clip_global_norm, then resume from it")
 
     def _agree(self, diverged, stop):
         """All processes stop together: one tiny all-reduce of both flags."""
@@ -529,8 +516,7 @@ class Engine:
 
     def _train_step(self, images, labels):
         if self.amp:
-            with paddle.amp.auto_cast(level=self.amp["level"],
-                                      use_promote=self.amp["use_promote"]):
+            with autocast(self.amp):
                 logits = self.train_model(images)
                 losses = self.train_loss(logits.astype("float32"), labels)
             self.scaler.scale(losses["loss"]).backward()
@@ -548,8 +534,9 @@ class Engine:
             self.ema.update(self.model)
         return losses, logits
 
-    def _log_train(self, epoch, iteration, sums, seen, batch, batch_cost, reader_cost):
-        metrics = ", ".join(f"{k}: {v / seen:.5f}" for k, v in sums.items())
+    def _log_train(self, epoch, iteration, batch, batch_cost, reader_cost):
+        averages = self.step_values.averages()
+        metrics = ", ".join(f"{k}: {v:.5f}" for k, v in averages.items())
         remaining = (self.g["epochs"] - epoch) * self.steps_per_epoch + (
             self.steps_per_epoch - iteration - 1)
         eta = datetime.timedelta(seconds=int(remaining * batch_cost))
@@ -559,8 +546,8 @@ class Engine:
                     batch_cost, reader_cost, batch / batch_cost, eta)
         if self.vdl:
             step = (epoch - 1) * self.steps_per_epoch + iteration
-            for key, value in sums.items():
-                self.vdl.add_scalar(f"Train/{key}", value / seen, step)
+            for key, value in averages.items():
+                self.vdl.add_scalar(f"Train/{key}", value, step)
             self.vdl.add_scalar("Train/lr", self.optimizer.get_lr(), step)
 
     def _state(self, epoch, iteration, evaluated):
@@ -570,11 +557,15 @@ class Engine:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "evaluated_weights": "ema" if self.ema else "model",
                 "arch": self.arch_name, "plan": self._data_plan(),
+                # the optimizer state's layout depends on them (see amp.py)
+                "amp_level": level_of(self.amp),
+                "master_weights": bool(master_weight_params(self.model, self.amp)),
                 "stem_relu": getattr(self.model, "stem_relu", None)}  # the weights' topology
 
     def save(self, name, epoch, iteration, evaluated=True):
         if self.rank != 0:
             return
+        self._check_losses_finite(epoch)
         self._check_weights_finite(epoch, iteration)
         prefix = os.path.join(self.output_dir, name)
         save_checkpoint(prefix, self.model, self.optimizer, self.ema,
@@ -586,14 +577,24 @@ class Engine:
             remove_checkpoint(os.path.join(
                 self.output_dir, f"epoch_{epoch - keep * self.g['save_interval']}"))
 
+    def _check_losses_finite(self, epoch):
+        """The losses of steps not read yet (a stop signal can end an epoch between two
+        checked steps) are read before anything is saved."""
+        values = getattr(self, "step_values", None)
+        if values is not None:
+            values.read()
+            if values.first_non_finite is not None:
+                self._raise_diverged(epoch)
+
     def _check_weights_finite(self, epoch, iteration):
         """Never overwrite a good checkpoint with NaN weights (a finite loss can still
         produce an infinite gradient in its step)."""
-        state = self.model.state_dict()
-        finite = paddle.stack([paddle.isfinite(t).all() for t in state.values()])
+        named = [(n, t) for n, t in replicas.named_state_tensors(self.model)
+                 if paddle.is_floating_point(t)]
+        finite = paddle.stack([paddle.isfinite(t).all() for _, t in named])
         if bool(finite.all()):  # one host sync, not one per tensor
             return
-        for name, ok in zip(state, finite.numpy()):
+        for (name, _), ok in zip(named, finite.numpy()):
             if not ok:
                 raise TrainingDiverged(
                     f"{name} holds NaN or infinite values after epoch {epoch}, iteration "
@@ -637,12 +638,14 @@ class Engine:
         a stop signal interrupted it (single-process training only)."""
         net = self.ema.model if self.ema else self.model
         net.eval()
+        if self.world_size > 1:
+            depthwise_conv.prepare()  # every rank, with or without images
         with contextlib.closing(iter(self.eval_loader)) as batches:
             sums = self._eval_batches(net, epoch, batches)
         if sums is None:
             return None
         counts, loss_sum, seen = sums
-        keys = sorted(counts)
+        keys = sorted(counts)  # known up front: the same on every rank, even one without images
         skipped = len(self.eval_loader.policy.skipped)
         totals = self._sum_over_processes([seen, skipped, *[counts[k] for k in keys]], "int64")
         loss_total = self._sum_over_processes([loss_sum], "float64")[0]
@@ -662,16 +665,15 @@ class Engine:
         return results
 
     def _eval_batches(self, net, epoch, batches):
-        counts, loss_sum, seen = {}, 0.0, 0
+        names = [n for m in self.eval_metrics for n in m.names]
+        values = []  # (batch size, float64 tensor [loss, *counts]) per batch, read at the end
         for iteration, (images, labels) in enumerate(batches):
             logits = self._eval_forward(net, images)
-            batch = images.shape[0]
+            parts = [m.counts(logits, labels).astype("float64") for m in self.eval_metrics]
             if self.eval_loss:
-                loss_sum += float(self.eval_loss(logits, labels)["loss"]) * batch
-            for metric in self.eval_metrics:
-                for key, value in metric.counts(logits, labels).items():
-                    counts[key] = counts.get(key, 0) + value
-            seen += batch
+                parts.insert(0, self.eval_loss(logits, labels)["loss"].reshape([1])
+                             .astype("float64"))
+            values.append((images.shape[0], paddle.concat(parts or [paddle.zeros([0], "float64")])))
             if iteration % self.g["print_batch_step"] == 0:
                 logger.info("[Eval][Epoch %d][Iter: %d/%d]", epoch, iteration,
                             len(self.eval_loader))
@@ -679,12 +681,21 @@ class Engine:
             # length by a batch, so processes cannot agree per batch; they stop after it.
             if self.world_size == 1 and self.mode == "train" and self.signals.requested:
                 return None
+        counts, loss_sum, seen = dict.fromkeys(names, 0), 0.0, 0
+        rows = paddle.stack([row for _, row in values]).numpy() if values else []
+        for (batch, _), row in zip(values, rows):  # the host's sums, as when read per batch
+            if self.eval_loss:
+                loss_sum += float(row[0]) * batch
+                row = row[1:]
+            for key, count in zip(names, row):
+                counts[key] += int(count)
+            seen += batch
         return counts, loss_sum, seen
 
     def _eval_forward(self, net, images):
         if not self.amp_eval:
             return net(images)
-        with paddle.amp.auto_cast(level=self.amp["level"], use_promote=self.amp["use_promote"]):
+        with autocast(self.amp):
             return net(images).astype("float32")
 
     def _log_eval_count(self, epoch, seen, skipped):

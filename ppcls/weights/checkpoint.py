@@ -240,14 +240,19 @@ def _read_optimizer_state(prefix, model):
     return state
 
 
-def load_checkpoint(prefix, model, optimizer=None, ema=None):
+def load_checkpoint(prefix, model, optimizer=None, ema=None, convert_optimizer_state=None):
     """Restore everything the complete checkpoint at `prefix` (see `find_checkpoint`) holds;
-    returns its `.pdstates` dict."""
+    returns its `.pdstates` dict. `convert_optimizer_state(state)`, when given, adapts the
+    optimizer state (Paddle's names, after the weights are loaded) before it is set (the
+    engine's AMP level conversion, ppcls/engine/amp.py)."""
     state = read_states(prefix)
     weights = read_state_dict(prefix + ".pdparams")
     model.set_state_dict(check_compatible(model, weights, prefix + ".pdparams"))
     if optimizer is not None:
-        optimizer.set_state_dict(_read_optimizer_state(prefix, model))
+        opt_state = _read_optimizer_state(prefix, model)
+        if convert_optimizer_state is not None:
+            opt_state = convert_optimizer_state(opt_state)
+        optimizer.set_state_dict(opt_state)
     if ema is not None:
         if os.path.isfile(prefix + ".pdema"):
             ema.set_state_dict(read_state_dict(prefix + ".pdema"))

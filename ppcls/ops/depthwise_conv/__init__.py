@@ -101,6 +101,15 @@ def custom_op():
     return _module or None
 
 
+def prepare():
+    """Build or load the kernel now if this process will run it (CPU, not turned off),
+    instead of at the first convolution. A process of a multi-process job without images
+    to evaluate goes straight to the evaluation's all-reduce, and gloo gives up on a
+    collective after a short time: it must not wait there while another process compiles."""
+    if _enabled and paddle.get_device() == "cpu":
+        custom_op()
+
+
 @contextlib.contextmanager
 def enabled(on):
     """Use (True) or bypass (False) the custom kernel inside the block; the setting before
