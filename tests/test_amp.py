@@ -24,6 +24,7 @@ from ppcls.engine.engine import Engine
 from ppcls.optimizer import build_optimizer
 from ppcls.utils.config import get_config
 from ppcls.weights.checkpoint import load_checkpoint, save_checkpoint
+from ppcls.weights.paddle_pickle import read_paddle_file
 
 
 def hook_like_decorate(model):
@@ -133,7 +134,7 @@ def o2_checkpoint(config, latest, prefix):
     save_dtype hooks; master-named accumulators and the masters in .pdopt), made on a CPU
     from `latest`; the masters differ from the weights in their low bits, as in training."""
     model, optimizer = o2_model_and_optimizer(config)
-    model.set_state_dict(paddle.load(str(latest) + ".pdparams"))
+    model.set_state_dict(read_paddle_file(str(latest) + ".pdparams"))
     to_o2(model, optimizer)
     step_up_to_the_kernels(model, optimizer)
     for key, tensor in optimizer.state_dict().items():
@@ -143,9 +144,9 @@ def o2_checkpoint(config, latest, prefix):
         elif key != "LR_Scheduler":
             tensor.set_value(paddle.randn(tensor.shape).astype(tensor.dtype))
     assert any("_fp32_master_0_velocity_0" in k for k in optimizer.state_dict())
-    states = dict(paddle.load(str(latest) + ".pdstates"), amp_level="O2", master_weights=True)
+    states = dict(read_paddle_file(str(latest) + ".pdstates"), amp_level="O2", master_weights=True)
     save_checkpoint(str(prefix), model, optimizer, None, states)
-    return paddle.load(str(prefix) + ".pdopt")
+    return read_paddle_file(str(prefix) + ".pdopt")
 
 
 def test_an_o2_checkpoint_resumes_in_float32(digits, tmp_path, capsys):
@@ -166,12 +167,12 @@ def test_an_o2_checkpoint_resumes_in_float32(digits, tmp_path, capsys):
         name = structured[key[:-len("_velocity_0")]]
         if name in saved["master_weights"]:  # BatchNorm's parameters have none
             name += "_fp32_master_0"
-        np.testing.assert_array_equal(value.numpy(), saved[f"{name}_velocity_0"].numpy())
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(saved[f"{name}_velocity_0"]))
     for name, param in resumed.model.named_parameters():
         if name in saved["master_weights"]:
-            np.testing.assert_array_equal(param.numpy(), saved["master_weights"][name].numpy())
+            np.testing.assert_array_equal(param.numpy(), np.asarray(saved["master_weights"][name]))
     resumed.train()  # epoch 2
-    state = paddle.load(str(tmp_path / "resumed" / "MnasNet_B1_x0_5" / "latest.pdstates"))
+    state = read_paddle_file(str(tmp_path / "resumed" / "MnasNet_B1_x0_5" / "latest.pdstates"))
     assert (state["epoch"], state["amp_level"]) == (2, "float32")
 
 
@@ -179,7 +180,7 @@ def test_a_float32_checkpoint_resumes_at_o2(digits, tmp_path):
     """The masters are made from the loaded float32 weights, and the velocities take the
     masters' names, where the first O2 step looks for them."""
     config, latest = fp32_latest(digits, tmp_path)
-    saved = paddle.load(str(latest) + ".pdopt")
+    saved = read_paddle_file(str(latest) + ".pdopt")
     model, optimizer = o2_model_and_optimizer(config)
     o2 = {"level": "O2", "use_promote": True}
     load_checkpoint(str(latest), model, optimizer, None, lambda state: convert_optimizer_state(
@@ -194,8 +195,8 @@ def test_a_float32_checkpoint_resumes_at_o2(digits, tmp_path):
     for name, master in masters.items():
         np.testing.assert_array_equal(master.numpy(), weights[name])
         velocity = state[f"{master.name}_velocity_0"]
-        np.testing.assert_array_equal(velocity.numpy(),
-                                      saved[f"{structured[name]}_velocity_0"].numpy())
+        np.testing.assert_array_equal(np.asarray(velocity),
+                                      np.asarray(saved[f"{structured[name]}_velocity_0"]))
 
 
 def test_an_o2_checkpoint_resumes_at_o2(digits, tmp_path):
@@ -213,15 +214,15 @@ def test_an_o2_checkpoint_resumes_at_o2(digits, tmp_path):
     structured = {p.name: n for n, p in model.named_parameters()}
     for name, master in state["master_weights"].items():
         np.testing.assert_array_equal(master.numpy(),
-                                      saved["master_weights"][structured[name]].numpy())
+                                      np.asarray(saved["master_weights"][structured[name]]))
         np.testing.assert_array_equal(
-            state[f"{master.name}_velocity_0"].numpy(),
-            saved[f"{structured[name]}_fp32_master_0_velocity_0"].numpy())
+            np.asarray(state[f"{master.name}_velocity_0"]),
+            np.asarray(saved[f"{structured[name]}_fp32_master_0_velocity_0"]))
 
 
 def test_the_amp_level_is_recorded_in_every_checkpoint(digits, tmp_path):
     config, latest = fp32_latest(digits, tmp_path)
-    state = paddle.load(str(latest) + ".pdstates")
+    state = read_paddle_file(str(latest) + ".pdstates")
     assert (state["amp_level"], state["master_weights"]) == ("float32", False)
 
 
