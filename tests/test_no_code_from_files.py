@@ -179,3 +179,33 @@ def test_the_genuine_checkpoint_still_resumes(digits, tmp_path, capsys, trained)
             "EMA.decay=0.5", "Global.eval_during_train=False", f"Global.checkpoints={prefix}"])),
         capsys)
     assert code == 0, err
+
+
+def test_no_python_file_of_the_repository_calls_an_unrestricted_unpickler():
+    """The rule itself, over every Python file we ship or run (tools, tests, logs' scripts):
+    no call of paddle.load, pickle.load(s), torch.load (unless weights_only=True, torch's own
+    allow-list, which a test uses to check our writer with real torch) or
+    np.load(allow_pickle=...); files are read through ppcls/weights/paddle_pickle.py and
+    torch_pickle.py. (It caught a test merged with a paddle.load once.)"""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in root.rglob("*.py"):
+        if any(part.startswith(".") or part in ("output", "__pycache__") for part in
+               path.relative_to(root).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)
+            keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+            unsafe = (node.func.attr in ("load", "loads") and name in ("paddle", "pickle")
+                      or node.func.attr == "load" and name == "torch"
+                      and keywords.get("weights_only") is not True
+                      or node.func.attr == "load" and "allow_pickle" in keywords)
+            if unsafe:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {name}.{node.func.attr}")
+    assert not found, found
