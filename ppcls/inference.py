@@ -17,8 +17,8 @@ import yaml
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
-from ppcls.weights import find_model_files, find_onnx_file
-from ppcls.weights.model_files import INFERENCE_CONFIG, LEGACY_PROGRAM
+from ppcls.export.model_files import (INFERENCE_CONFIG, LEGACY_PROGRAM, find_model_files,
+                                      find_onnx_file)
 
 # PaddleClas's inference keys (accepted even where they have no effect here) and ours.
 DEPLOY_DEFAULTS = {
