@@ -239,10 +239,11 @@ def cpu_fallback_engine(g):
 
 
 def openvino_cache_dir():
-    """$PPCLS_CACHE_DIR/openvino or ~/.cache/ppcls/openvino, created here (Paddle creates
+    """The cache's `openvino` folder (ppcls/utils/cache.py), created here (Paddle creates
     only the last level); the temporary directory if that cannot be written."""
-    root = os.environ.get("PPCLS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ppcls")
-    path = os.path.join(root, "openvino")
+    from ppcls.utils.cache import cache_dir
+
+    path = str(cache_dir("openvino"))
     try:
         os.makedirs(path, exist_ok=True)
     except OSError:

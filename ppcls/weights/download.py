@@ -1,7 +1,7 @@
 """Download a weights file into a local cache, checked, atomically and resumably.
 
     cache_dir() -> Path     $PPCLS_CACHE_DIR, else $XDG_CACHE_HOME/ppcls/weights,
-                            else ~/.cache/ppcls/weights
+                            else ~/.cache/ppcls/weights (ppcls/utils/cache.py)
     fetch(url, sha256=None, progress=True, retries=3, max_bytes=None) -> Path
 
 Cache layout: one file per URL at
@@ -68,7 +68,7 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ppcls.utils import logger
+from ppcls.utils import cache, logger
 from ppcls.utils.errors import ConfigError, WeightsError
 from ppcls.weights.formats import SNIFFED, read_head, sniff
 
@@ -92,11 +92,13 @@ _HASHED = "%~"  # `%` is otherwise always followed by two hex digits
 
 
 def cache_dir():
-    """Where downloaded weights go (see the module docstring)."""
+    """Where downloaded weights go: the `weights` folder of the one cache rule
+    (ppcls/utils/cache.py), except that $PPCLS_CACHE_DIR, when set, is still this folder
+    itself rather than its parent, the layout tests/test_download.py pins (issue 24 leaves
+    that change to a decision of its own)."""
     if os.environ.get("PPCLS_CACHE_DIR"):
         return Path(os.environ["PPCLS_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "ppcls" / "weights"
+    return cache.cache_dir("weights")
 
 
 class Download(NamedTuple):
