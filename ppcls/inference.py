@@ -18,8 +18,8 @@ import yaml
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError
-from ppcls.weights import find_model_files, find_onnx_file
-from ppcls.weights.model_files import INFERENCE_CONFIG, LEGACY_PROGRAM
+from ppcls.export.model_files import (INFERENCE_CONFIG, LEGACY_PROGRAM, find_model_files,
+                                      find_onnx_file)
 
 # PaddleClas's inference keys (accepted even where they have no effect here) and ours.
 DEPLOY_DEFAULTS = {
@@ -251,10 +251,11 @@ def cpu_fallback_engine(g):
 
 
 def openvino_cache_dir():
-    """$PPCLS_CACHE_DIR/openvino or ~/.cache/ppcls/openvino, created here (Paddle creates
+    """The cache's `openvino` folder (ppcls/utils/cache.py), created here (Paddle creates
     only the last level); the temporary directory if that cannot be written."""
-    root = os.environ.get("PPCLS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ppcls")
-    path = os.path.join(root, "openvino")
+    from ppcls.utils.cache import cache_dir
+
+    path = str(cache_dir("openvino"))
     try:
         os.makedirs(path, exist_ok=True)
     except OSError:

@@ -23,7 +23,7 @@ from ppcls.engine.ema import ModelEMA
 from ppcls.engine.engine import Engine
 from ppcls.optimizer import build_optimizer
 from ppcls.utils.config import get_config
-from ppcls.weights.checkpoint import load_checkpoint, save_checkpoint
+from ppcls.weights.checkpoint import resume_checkpoint, save_checkpoint
 from ppcls.weights.paddle_pickle import read_paddle_file
 
 
@@ -183,7 +183,7 @@ def test_a_float32_checkpoint_resumes_at_o2(digits, tmp_path):
     saved = read_paddle_file(str(latest) + ".pdopt")
     model, optimizer = o2_model_and_optimizer(config)
     o2 = {"level": "O2", "use_promote": True}
-    load_checkpoint(str(latest), model, optimizer, None, lambda state: convert_optimizer_state(
+    resume_checkpoint(str(latest), model, optimizer, None, lambda state: convert_optimizer_state(
         state, optimizer, model, o2, "float32", str(latest)))
     weights = {p.name: p.numpy() for p in model.parameters()}
     structured = {p.name: n for n, p in model.named_parameters()}
@@ -206,7 +206,7 @@ def test_an_o2_checkpoint_resumes_at_o2(digits, tmp_path):
     saved = o2_checkpoint(config, latest, prefix)
     model, optimizer = o2_model_and_optimizer(config)
     o2 = {"level": "O2", "use_promote": True}
-    load_checkpoint(str(prefix), model, optimizer, None, lambda state: convert_optimizer_state(
+    resume_checkpoint(str(prefix), model, optimizer, None, lambda state: convert_optimizer_state(
         state, optimizer, model, o2, "O2", str(prefix)))
     to_o2(model, optimizer)
     step_up_to_the_kernels(model, optimizer)

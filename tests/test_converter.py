@@ -7,8 +7,9 @@ import pytest
 from parity import FIXTURE_DIR, load_fixture, reference_weights
 from ppcls.arch import build_model
 from ppcls.utils.errors import WeightsError
-from ppcls.weights import load_pretrained_weights, read_state_dict
-from ppcls.weights.converter import convert_state_dict, read_checkpoint
+from ppcls.arch.backbone.model_zoo.mnasnet.converter import convert_state_dict
+from ppcls.weights import load_into, read_state_dict
+from ppcls.weights import read_weights as read_checkpoint
 from tools import convert_weights
 
 TV_0_5 = load_fixture(FIXTURE_DIR / "torchvision_mnasnet0_5.json")
@@ -104,7 +105,7 @@ def test_reproduction_checkpoint_converts(tmp_path, capsys, extra_relu, bare_cla
     assert f"these weights need stem_relu={extra_relu}, recorded in" in out
     model = build_model({"Arch": {"name": "MnasNet_B1_x0_5", "stem_relu": None}})
     model.set_stem_relu(not extra_relu)  # loading must switch it to the recorded topology
-    load_pretrained_weights(model, dst)
+    load_into(model, dst)
     assert model.stem_relu == extra_relu
     converted = read_state_dict(dst)
     assert converted.keys() == expected.keys()
@@ -134,13 +135,13 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     model = build_model({"Arch": {"name": "MnasNet_B1_x0_5"}})
     with pytest.raises(WeightsError, match=r"stem.conv.weight: file \[8, 3, 3, 3\] vs model "
                                            r"\[16, 3, 3, 3\]"):
-        load_pretrained_weights(model, path)
+        load_into(model, path)
 
 
 def test_missing_weights_file_names_the_path(tmp_path):
     model = build_model({"Arch": {"name": "MnasNet_B1_x0_5"}})
     with pytest.raises(WeightsError, match=r"not found: .*nothing_here\.pdparams"):
-        load_pretrained_weights(model, tmp_path / "nothing_here")
+        load_into(model, tmp_path / "nothing_here")
 
 
 def test_truncated_pdparams_is_a_clear_error(tmp_path):
@@ -149,7 +150,7 @@ def test_truncated_pdparams_is_a_clear_error(tmp_path):
     paddle.save(model.state_dict(), str(path))
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsError, match="truncated"):
-        load_pretrained_weights(model, path)
+        load_into(model, path)
 
 
 def _npy_header(shape, dtype="<f4"):

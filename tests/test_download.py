@@ -36,7 +36,7 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "ppcls" / "weights"
     monkeypatch.setenv("PPCLS_CACHE_DIR", str(tmp_path / "mine"))
-    assert cache_dir() == tmp_path / "mine"
+    assert cache_dir() == tmp_path / "mine" / "weights"  # one rule for every cache (issue 24)
 
 
 def test_fetch_then_cached_without_request(server, capsys):

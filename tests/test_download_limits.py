@@ -20,6 +20,7 @@ from ppcls.utils.config import parse_args
 from ppcls.utils.errors import ConfigError, WeightsError
 from ppcls.weights import download
 from ppcls.weights.download import cache_dir, cache_path, fetch
+from ppcls.weights.formats import weights_format
 from tools import eval as eval_tool
 
 # A body that starts like a pickle (Paddle's .pdparams): the format check lets it through.
@@ -287,6 +288,21 @@ def test_each_weights_format_passes_the_content_check(scripted, head):
     data = head + bytes(100)
     scripted.routes["/w/model.bin"] = body(data, "binary/octet-stream")
     assert fetch(scripted.url("/w/model.bin")).read_bytes() == data
+
+
+@pytest.mark.parametrize("head", [b"\x80\x02\x8a\x0a", b"\x80\x04\x95",
+                                  len(b'{"a":1}').to_bytes(8, "little") + b'{"a":1}',
+                                  b"\x80\x06\x95", b"\x80\x01(", b"<html>"],
+                         ids=["pickle-2", "pickle-4", "safetensors", "pickle-6", "proto-1",
+                              "html"])
+def test_the_reader_recognises_exactly_what_a_download_lets_through(scripted, tmp_path, head):
+    """One content check (ppcls.weights.formats.sniff) for downloads and for reading."""
+    data = head + bytes(100)
+    scripted.routes["/w/model.bin"] = body(data)
+    fetched = finishes(lambda: fetch(scripted.url("/w/model.bin"))) is None
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(data)
+    assert (weights_format(copy) is not None) == fetched
 
 
 def test_a_download_without_a_digest_logs_the_sha256_to_pin(scripted, capsys):

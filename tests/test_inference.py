@@ -13,12 +13,12 @@ import yaml
 
 from conftest import QUICK_START, ROOT, digits_overrides
 from ppcls.engine.engine import Engine
-from ppcls.engine.export import export_inference_model
+from ppcls.export.inference_model import export_inference_model
+from ppcls.export.onnx_model import export_onnx
 from ppcls.utils.config import get_config
 from ppcls.utils.errors import ConfigError
 from ppcls.weights import read_state_dict
 from tools import infer as infer_tool
-from tools.export_onnx import export_onnx
 
 sys.path.insert(0, os.path.join(ROOT, "deploy", "python"))
 import predict_cls  # noqa: E402
@@ -298,7 +298,7 @@ def test_export_uses_ema_weights_when_configured(digits, tmp_path):
         if not with_ema:
             del config["EMA"]
         export_inference_model(config, str(tmp_path / f"inf{with_ema}"))
-        from ppcls.engine.export import build_inference_network
+        from ppcls.export.inference_model import build_inference_network
         net = build_inference_network(config)
         np.testing.assert_array_equal(net.fc.weight.numpy(), expected["fc.weight"])
 

@@ -14,7 +14,7 @@ import pytest
 
 from ppcls.arch import available_models, build_model
 from ppcls.arch.backbone.model_zoo import mnasnet
-from ppcls.arch.backbone.model_zoo.mnasnet_variants import (
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import (
     TIMM, TORCHVISION, VARIANT_BY_NAME, VARIANTS)
 from ppcls.arch.registry import get_model_builder
 from ppcls.utils.errors import ConfigError

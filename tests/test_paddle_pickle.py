@@ -78,7 +78,7 @@ def train_steps(model, optimizer, schedule, steps, seed):
 @pytest.mark.parametrize("name,master_weights", [("Momentum", True), ("AdamW", True),
                                                  ("RMSProp", False)])
 def test_checkpoint_with_optimizer_state_resumes_exactly(tmp_path, name, master_weights):
-    """save_checkpoint (paddle.save) -> load_checkpoint (this reader) into fresh objects:
+    """save_checkpoint (paddle.save) -> resume_checkpoint (this reader) into fresh objects:
     the next steps give the very weights the uninterrupted run gives."""
     model, optimizer, schedule = training_setup(name, master_weights)
     train_steps(model, optimizer, schedule, 2, seed=0)
@@ -92,7 +92,7 @@ def test_checkpoint_with_optimizer_state_resumes_exactly(tmp_path, name, master_
     saved_optimizer = optimizer.state_dict()
 
     again, resumed, resumed_schedule = training_setup(name, master_weights=False)
-    state = checkpoint.load_checkpoint(checkpoint.find_checkpoint(prefix), again, resumed)
+    state = checkpoint.resume_checkpoint(checkpoint.find_checkpoint(prefix), again, resumed)
     resumed_schedule.set_state_dict(state["lr_scheduler"])
     assert resumed.state_dict()["LR_Scheduler"] == saved_optimizer["LR_Scheduler"]
     if master_weights:

@@ -9,8 +9,8 @@ import pytest
 import torch_format
 from parity import FIXTURE_DIR, fixture_paths, load_fixture, reference_input, reference_weights
 from ppcls.arch import build_model
-from ppcls.weights import load_pretrained_weights
-from ppcls.weights.converter import REFERENCE_ARCHS
+from ppcls.arch.backbone.model_zoo.mnasnet.converter import REFERENCE_ARCHS
+from ppcls.weights import load_into
 from tools import convert_weights
 
 
@@ -25,7 +25,7 @@ def assert_converts_to_reference_logits(fixture, src, tmp_path):
 
     model = build_model({"Arch": {"name": arch, "class_num": fixture["num_classes"],
                                   "stem_relu": False}})
-    load_pretrained_weights(model, dst, skip_mismatched_classifier=False)
+    load_into(model, dst, for_eval=True)
     model.eval()
     trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     assert trainable == fixture["params"]

@@ -10,9 +10,9 @@ import random
 import numpy as np
 import pytest
 
-from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANTS, Preprocess
+from ppcls.arch.backbone.model_zoo.mnasnet.preprocess import eval_transform_ops, short_side
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANTS, Preprocess
 from ppcls.data.preprocess import apply_transforms, build_transforms
-from ppcls.data.preprocess.source_transforms import eval_transform_ops, short_side
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, "tests", "fixtures", "source_transforms.json")) as f:

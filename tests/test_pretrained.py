@@ -9,9 +9,9 @@ from safetensors.numpy import save_file
 from conftest import ROOT, config_args, digits_overrides
 from parity import load_fixture, reference_input, reference_weights
 from ppcls.arch import build_model
-from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANT_BY_NAME
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANT_BY_NAME
 from ppcls.utils.errors import WeightsError
-from ppcls.weights import load_pretrained_weights
+from ppcls.weights import load_into
 from ppcls.weights.download import cache_path
 from ppcls.utils.cli import run
 from ppcls.utils.config import parse_args
@@ -47,7 +47,7 @@ def test_url_of_foreign_weights_loads_with_their_topology(server, name, source, 
     arch = {"torchvision_mnasnet0_5": "MnasNet_B1_x0_5", "timm_mnasnet_small": "MnasNet_small"}
     model = build_model({"Arch": {"name": arch[name], "class_num": fixture["num_classes"]}})
     assert model.stem_relu  # our default topology
-    load_pretrained_weights(model, url, skip_mismatched_classifier=False)
+    load_into(model, url, for_eval=True)
     assert not model.stem_relu
     assert relative_error(logits_of(model, fixture), fixture) <= 1e-4
     assert f"{source} weights: using their topology, stem_relu=False" in capsys.readouterr().out
@@ -60,7 +60,7 @@ def test_explicit_stem_relu_that_the_weights_contradict_is_one_line(server):
     url = serve_npz(server, "tv.npz", reference_weights(fixture))
     model = build_model({"Arch": {"name": "MnasNet_B1_x0_5", "stem_relu": True}})
     with pytest.raises(WeightsError) as err:
-        load_pretrained_weights(model, url, configured_stem_relu=True)
+        load_into(model, url)  # the model has Arch.stem_relu: True
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"Arch.stem_relu is True but {url} holds torchvision weights, "
@@ -85,11 +85,10 @@ def test_reproduction_weights_keep_the_extra_relu(tmp_path):
     path = tmp_path / "reproduction.npz"
     np.savez(path, **shifted)
     model = build_model({"Arch": {"name": "MnasNet_B1_x1_0"}})
-    pretrained = load_pretrained_weights(model, path, skip_mismatched_classifier=False)
+    pretrained = load_into(model, path, for_eval=True)
     assert pretrained.source == "reproduction" and model.stem_relu
     reference = build_model({"Arch": {"name": "MnasNet_B1_x1_0", "stem_relu": False}})
-    load_pretrained_weights(reference, serve_free_npz(tmp_path, torch_names),
-                            skip_mismatched_classifier=False)
+    load_into(reference, serve_free_npz(tmp_path, torch_names), for_eval=True)
     for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values()):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=name)
 
@@ -106,7 +105,7 @@ def test_fine_tuning_keeps_the_backbone_and_reinitialises_the_head(server, capsy
     url = serve_npz(server, "tv.npz", weights)
     model = build_model({"Arch": {"name": "MnasNet_B1_x0_5", "class_num": 10}})
     head_before = model.fc.weight.numpy().copy()
-    load_pretrained_weights(model, url)
+    load_into(model, url)
     np.testing.assert_array_equal(model.stem.conv.weight.numpy(), weights["layers.0.weight"])
     np.testing.assert_array_equal(model.fc.weight.numpy(), head_before)
     assert "different class_num; these stay freshly initialised" in capsys.readouterr().out
@@ -156,7 +155,7 @@ def test_fine_tune_from_served_weights_then_export_and_predict(digits, tmp_path,
     -> our checkpoint, which records the weights' topology -> export -> predict, the last two
     without Arch.pretrained."""
     from ppcls.engine.engine import Engine
-    from ppcls.engine.export import export_inference_model
+    from ppcls.export.inference_model import export_inference_model
     from ppcls.utils.config import get_config
     from tools import infer as infer_tool
 

@@ -368,7 +368,7 @@ def test_a_save_interrupted_anywhere_leaves_a_complete_checkpoint(tmp_path, monk
                 finished = False
         model, opt = small_training_state(0, 1)
         found = checkpoint.find_checkpoint(prefix)
-        state = checkpoint.load_checkpoint(found, model, opt)
+        state = checkpoint.resume_checkpoint(found, model, opt)
         for key, value in model.state_dict().items():
             np.testing.assert_array_equal(value.numpy(), expected[state["gen"]][key])
         outcomes.append(state["gen"])
@@ -416,7 +416,7 @@ def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_last_checkpoint(sm
     assert sorted(os.listdir(small_disk)) == ["filler"] + [f"latest{ext}" for ext in (
         ".pdopt", ".pdparams", ".pdstates")]  # no temporary file left filling the disk
     model, opt = tiny_training_state(2)
-    state = checkpoint.load_checkpoint(checkpoint.find_checkpoint(prefix), model, opt)
+    state = checkpoint.resume_checkpoint(checkpoint.find_checkpoint(prefix), model, opt)
     assert state["epoch"] == 1
     np.testing.assert_array_equal(model.weight.numpy(), first[0].weight.numpy())
 

@@ -14,7 +14,7 @@ import pytest
 
 import torch_format as tf
 from ppcls.utils.errors import WeightsError
-from ppcls.weights.converter import read_checkpoint
+from ppcls.weights import read_weights as read_checkpoint
 from ppcls.weights.torch_pickle import allowed_globals, read_torch_file
 
 A = np.arange(12, dtype=np.float32).reshape(3, 4)

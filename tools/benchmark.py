@@ -25,16 +25,11 @@ sys.path.insert(0, ROOT)
 
 
 def variant_records():
-    """ppcls/arch/backbone/model_zoo/mnasnet_variants.py, loaded from its file: importing it
-    through the ppcls.arch package would import Paddle before OMP_NUM_THREADS is set (and
-    into benchmark_cpu's PyTorch worker). It imports nothing of ppcls, so this is safe."""
-    import importlib.util
+    """The MnasNet variant records (a module). Importing them imports no Paddle, which must
+    not be loaded before OMP_NUM_THREADS is set (nor into benchmark_cpu's PyTorch worker)."""
+    import ppcls.arch.backbone.model_zoo.mnasnet.variants as variants
 
-    path = os.path.join(ROOT, "ppcls", "arch", "backbone", "model_zoo", "mnasnet_variants.py")
-    spec = importlib.util.spec_from_file_location("mnasnet_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return variants
 
 
 def parse_args(argv=None):
@@ -80,7 +75,7 @@ def backend_runner(backend, name, model_dir, args):
         return RUNNERS["onnxruntime"](g)
     import paddle
 
-    from ppcls.engine.export import InferenceModel, build_inference_network
+    from ppcls.export.inference_model import InferenceModel, build_inference_network
 
     network = InferenceModel(build_inference_network(variant_config(name, args)))
 
@@ -170,9 +165,9 @@ def variant_config(name, args):
 
 
 def measure_variant(name, args, argv, work_dir, gflops):
-    from ppcls.engine.export import build_inference_network, export_inference_model
+    from ppcls.export.inference_model import build_inference_network, export_inference_model
+    from ppcls.export.onnx_model import export_onnx
     from ppcls.utils.model_stats import count_macs, count_params
-    from tools.export_onnx import export_onnx
 
     config = variant_config(name, args)
     model_dir = os.path.join(work_dir, name)
@@ -193,7 +188,7 @@ def measure_variant(name, args, argv, work_dir, gflops):
 
 
 def write_outputs(rows, args, header_note):
-    from ppcls.arch.backbone.model_zoo.mnasnet_variants import best_published_top1
+    from ppcls.arch.backbone.model_zoo.mnasnet.variants import best_published_top1
 
     for row in rows:
         row["published_top1"], row["top1_source"] = best_published_top1(row["model"])
@@ -224,7 +219,7 @@ def write_outputs(rows, args, header_note):
               "onnxruntime: paddle2onnx's conversion in ONNX Runtime (all graph optimisations); "
               "floor: the multiply-adds at this machine's peak float32 matrix-multiply rate "
               "(measured in the same run). Published top-1: the highest figure in "
-              "ppcls/arch/backbone/model_zoo/mnasnet_variants.py, from its source (not measured here)."]
+              "ppcls/arch/backbone/model_zoo/mnasnet/variants.py, from its source (not measured here)."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         f.write(table)

@@ -10,19 +10,18 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+import ppcls.arch.backbone.model_zoo.mnasnet.converter as converter  # noqa: E402
 from ppcls.arch.registry import available_models  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
-from ppcls.weights.converter import (  # noqa: E402
-    SOURCES, convert_state_dict, read_checkpoint, save_pdparams)
+from ppcls.weights import read_weights  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", required=True, choices=SOURCES,
+    parser.add_argument("--source", required=True, choices=converter.SOURCES,
                         help="who wrote the checkpoint (its tensor naming)")
     parser.add_argument("--arch", required=True, choices=available_models(),
-                        help="our model name, e.g. MnasNet_B1_x1_0 for torchvision mnasnet1_0, "
-                             "MnasNet_A1_x1_0 for timm semnasnet_100")
+                        help=f"our model name, e.g. {converter.ARCH_EXAMPLES}")
     parser.add_argument("--class_num", type=int, default=1000)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("src", help="a torch.save .pth/.pt/.bin (read without torch), "
@@ -38,13 +37,11 @@ def main(argv=None):
 
 
 def convert(args):
-    source_state = read_checkpoint(args.src)
-    state, stem_relu = convert_state_dict(source_state, args.source, args.arch, args.class_num)
-    save_pdparams(state, args.dst, stem_relu)
+    state, record = converter.convert_state_dict(read_weights(args.src), args.source,
+                                                 args.arch, args.class_num)
+    converter.save_pdparams(state, args.dst, record)
     print(f"converted {len(state)} tensors from {args.src} ({args.source}) to {args.dst}")
-    print(f"these weights need stem_relu={stem_relu}, recorded in "
-          f"{os.path.splitext(args.dst)[0]}.pdstates: loading them applies it (leave "
-          "Arch.stem_relu unset)")
+    print(converter.record_note(record, args.dst))
     return 0
 
 

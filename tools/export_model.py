@@ -14,7 +14,7 @@ set_default_threads()  # before Paddle is imported
 
 import paddle  # noqa: E402
 
-from ppcls.engine.export import export_inference_model  # noqa: E402
+from ppcls.export.inference_model import export_inference_model  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config, parse_args  # noqa: E402
 

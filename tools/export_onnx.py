@@ -9,18 +9,9 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+from ppcls.export.model_files import ONNX_FILE  # noqa: E402
+from ppcls.export.onnx_model import export_onnx  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
-from ppcls.weights.model_files import ONNX_FILE, find_model_files  # noqa: E402
-
-
-def export_onnx(model_dir, save_file=None, opset=13):
-    import paddle2onnx
-
-    model_file, params_file = find_model_files(model_dir)
-    save_file = save_file or os.path.join(model_dir, ONNX_FILE)
-    paddle2onnx.export(model_file, params_file, save_file=save_file, opset_version=opset,
-                       enable_onnx_checker=True, optimize_tool="None")
-    return save_file
 
 
 def main(argv=None):

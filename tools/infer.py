@@ -15,13 +15,12 @@ set_default_threads()  # before Paddle is imported
 import paddle  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
-from ppcls.engine.export import InferenceModel, build_inference_network  # noqa: E402
+from ppcls.export.inference_model import InferenceModel, build_inference_network  # noqa: E402
 from ppcls.inference import (Preprocessor, list_images, predict_files, print_results,  # noqa: E402
                              save_results)
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config, parse_args  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
-from ppcls.weights.pretrained import eval_transform_ops_for  # noqa: E402
 
 
 def main(args):
@@ -35,7 +34,7 @@ def main(args):
                           "e.g. -o Infer.infer_imgs=demo/")
     paddle.set_device(config["Global"]["device"])
     network = build_inference_network(config)
-    transforms = eval_transform_ops_for(network, infer.get("transforms"), "Infer.transforms")
+    transforms = network.eval_transforms(infer.get("transforms"), "Infer.transforms")
     model = InferenceModel(network)
 
     def run_batch(images):

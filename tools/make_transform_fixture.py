@@ -1,10 +1,11 @@
 """Write the eval-transform fixture (tests/fixtures/source_transforms.json): what each
 source's OWN eval transform makes of the demo photos, for every weights record in
-mnasnet_variants.VARIANTS, so tests/test_preprocess_sources.py can prove that
-`eval_transform_ops(record.preprocess)` gives the same input tensor without PyTorch.
+ppcls/arch/backbone/model_zoo/mnasnet/variants.py, so tests/test_preprocess_sources.py can
+prove that `eval_transform_ops(record.preprocess)` gives the same input tensor without
+PyTorch.
 
 Needs torch, torchvision and timm (not project dependencies) and no ppcls imports beyond the
-records file, so it runs in a scratch venv without Paddle:
+records (standard library only), so it runs in a scratch venv without Paddle:
 
     python tools/make_transform_fixture.py tests/fixtures/source_transforms.json
 
@@ -18,7 +19,6 @@ each record's Preprocess states what its source's transform does.
 import argparse
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -31,13 +31,11 @@ SAMPLES, SEED = 512, 20260501
 
 
 def load_records():
-    """mnasnet_variants.py by path: importing the ppcls package would need Paddle."""
-    path = os.path.join(ROOT, "ppcls/arch/backbone/model_zoo/mnasnet_variants.py")
-    spec = importlib.util.spec_from_file_location("mnasnet_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # NamedTuple classes need their module registered
-    spec.loader.exec_module(module)
-    return [w for variant in module.VARIANTS for w in variant.weights]
+    """Every weights record (importing the records needs no Paddle)."""
+    sys.path.insert(0, ROOT)
+    from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANTS
+
+    return [w for variant in VARIANTS for w in variant.weights]
 
 
 def import_torchvision():

@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from ppcls.arch import build_model  # noqa: E402
-from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANT_BY_NAME, VARIANTS  # noqa: E402
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANT_BY_NAME, VARIANTS  # noqa: E402
 from ppcls.utils.model_stats import count_macs, count_params  # noqa: E402
 
 

@@ -38,7 +38,7 @@ from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
-from ppcls.weights.model_files import INFERENCE_CONFIG, MODEL_FILES, PARAMS_FILE, find_model_files  # noqa: E402
+from ppcls.export.model_files import INFERENCE_CONFIG, MODEL_FILES, PARAMS_FILE, find_model_files  # noqa: E402
 
 QUANT_DIR = "quant_post_static_model"
 LEGACY_MODEL = MODEL_FILES[1]  # inference.pdmodel
@@ -92,7 +92,7 @@ def legacy_program_dir(config, model_dir, scratch):
         raise ConfigError(f"{model_dir} holds a PIR program (inference.json), which Paddle's "
                           "post-training quantization cannot read: give -o Global.pretrained_model="
                           "<weights> so it is exported again as a legacy program")
-    from ppcls.engine.export import export_inference_model
+    from ppcls.export.inference_model import export_inference_model
 
     logger.info(f"{model_dir} is a PIR program: exporting {config['Global']['pretrained_model']} "
                 "again as a legacy program for quantization")
@@ -150,7 +150,7 @@ def main(args):
         if not args.no_onnx:
             fp32_onnx = os.path.join(model_dir, "inference.onnx")
             if not os.path.isfile(fp32_onnx):
-                from tools.export_onnx import export_onnx
+                from ppcls.export.onnx_model import export_onnx
 
                 fp32_onnx = export_onnx(fp32_dir, os.path.join(scratch, "fp32.onnx"))
             quantize_onnx(fp32_onnx, os.path.join(out_dir, "inference.onnx"), batches, scratch)

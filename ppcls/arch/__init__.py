@@ -1,16 +1,26 @@
-"""Model construction from a PaddleClas-style config: `build_model(config)`."""
+"""Model construction from a PaddleClas-style config: `build_model(config)`.
+
+Importing this package registers the models without importing Paddle (a builder imports
+its network when called), so the registry and `check_arch` serve config checks and tools
+that never build a model.
+
+Besides being a paddle.nn.Layer, a registered model provides the hooks the rest of ppcls
+calls (see the MnasNet package for one):
+    adapt_state_dict(state, weights_file) -> (state, source)   ppcls.weights.load_into
+    eval_transforms(configured_ops, where) -> ops               evaluation, export, infer
+    checkpoint_record() -> dict                                 kept in checkpoints' .pdstates
+and its builder may have `downloads(**arch_args)`: what `Arch.pretrained` will fetch.
+"""
 
 import copy
 import inspect
-
-import paddle
 
 import ppcls.arch.backbone  # noqa: F401  (registers the models)
 from ppcls.arch.registry import available_models, get_model_builder
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError, did_you_mean, unknown
 
-__all__ = ["build_model", "check_arch", "available_models"]
+__all__ = ["build_model", "check_arch", "available_models", "pretrained_downloads"]
 
 
 def check_arch(config):
@@ -35,6 +45,8 @@ def check_arch(config):
 def build_model(config):
     """Build the network named by `config["Arch"]["name"]`, passing the other `Arch` keys
     as arguments. `use_sync_bn` converts BatchNorm to SyncBatchNorm on GPU only."""
+    import paddle
+
     builder, arch_config, use_sync_bn = check_arch(config)
     model = builder(**arch_config)
     if use_sync_bn:
@@ -43,3 +55,11 @@ def build_model(config):
         else:
             logger.warning("Arch.use_sync_bn is ignored: SyncBatchNorm needs GPUs")
     return model
+
+
+def pretrained_downloads(config):
+    """The downloads (ppcls.weights.Download) the Arch section's own weights need
+    (`Arch.pretrained`), as the model's builder names them; [] when it downloads nothing."""
+    builder, arch_config, _ = check_arch(config)
+    downloads = getattr(builder, "downloads", None)
+    return list(downloads(**arch_config)) if downloads else []

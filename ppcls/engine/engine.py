@@ -32,7 +32,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ppcls.arch import build_model
+from ppcls.arch import build_model, pretrained_downloads
 from ppcls.data import build_dataloader
 from ppcls.engine import replicas
 from ppcls.engine.amp import (amp_settings, autocast, convert_optimizer_state,
@@ -50,11 +50,9 @@ from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
 from ppcls.utils.config import class_num_of
 from ppcls.utils.errors import ConfigError, TrainingDiverged, TrainingInterrupted, WeightsError
-from ppcls.weights import (find_checkpoint, load_checkpoint, load_pretrained_weights,
-                           load_weights, previous_prefix, read_states, remove_checkpoint,
+from ppcls.weights import (Download, fetch, find_checkpoint, is_url, load_into,
+                           previous_prefix, read_states, remove_checkpoint, resume_checkpoint,
                            save_checkpoint)
-from ppcls.weights.download import fetch
-from ppcls.weights.pretrained import eval_transform_ops_for, urls_to_fetch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +145,9 @@ class Engine:
     def _download_weights_once(self):
         """Weights named by URL are downloaded by one process per machine while the others
         wait; then all of them find the file in the cache (no two write one file)."""
-        urls = urls_to_fetch(self.config)
+        location = self.g.get("pretrained_model")
+        urls = ([Download(str(location))] if location and is_url(location) else []) \
+            + pretrained_downloads(self.config)
         if self.world_size == 1 or not urls:
             return
         error = None
@@ -198,8 +198,8 @@ class Engine:
         if self.mode == "eval":  # published weights are evaluated as their source did
             config = copy.deepcopy(config)
             dataset = config["DataLoader"]["Eval"]["dataset"]
-            dataset["transform_ops"] = eval_transform_ops_for(
-                self.model, dataset.get("transform_ops"), "DataLoader.Eval.dataset.transform_ops")
+            dataset["transform_ops"] = self.model.eval_transforms(
+                dataset.get("transform_ops"), "DataLoader.Eval.dataset.transform_ops")
         return build_dataloader(config, "Eval", self.seed, self.class_num)
 
     def _setup_training(self):
@@ -230,8 +230,7 @@ class Engine:
         if self.checkpoint_state is not None:
             self._resume(self.resume_prefix)
         elif self.g.get("pretrained_model"):
-            load_pretrained_weights(self.model, self.g["pretrained_model"],
-                                    self.config["Arch"].get("stem_relu"))
+            load_into(self.model, self.g["pretrained_model"])
         if self.amp and self.amp["level"] == "O2":
             keep_float32_masters(self.optimizer, self.model)
             self.model, self.optimizer = paddle.amp.decorate(
@@ -297,7 +296,7 @@ class Engine:
             return convert_optimizer_state(opt_state, self.optimizer, self.model, self.amp,
                                            saved_level, path)
 
-        state = load_checkpoint(path, self.model, self.optimizer, self.ema, convert)
+        state = resume_checkpoint(path, self.model, self.optimizer, self.ema, convert)
         self.lr.set_state_dict(state["lr_scheduler"])
         self._check_resume_plan(path, state)
         if self.scaler is not None and state.get("scaler"):
@@ -316,8 +315,8 @@ class Engine:
 
     def _load_eval_weights(self, path):
         """Evaluate the weights training evaluated (EMA when configured and saved)."""
-        self.weights_kind = load_weights(self.model, path, prefer_ema=self.ema is not None,
-                                         configured_stem_relu=self.config["Arch"].get("stem_relu"))
+        self.weights_kind = load_into(self.model, path, for_eval=True,
+                                      prefer_ema=self.ema is not None).kind
         self.ema = None
 
     def _visualdl_writer(self):
@@ -560,7 +559,7 @@ class Engine:
                 # the optimizer state's layout depends on them (see amp.py)
                 "amp_level": level_of(self.amp),
                 "master_weights": bool(master_weight_params(self.model, self.amp)),
-                "stem_relu": getattr(self.model, "stem_relu", None)}  # the weights' topology
+                **self.model.checkpoint_record()}  # e.g. the topology the weights need
 
     def save(self, name, epoch, iteration, evaluated=True):
         if self.rank != 0:

@@ -26,12 +26,12 @@ import paddle
 
 from ppcls.utils import logger
 from ppcls.utils.errors import UnsafeFileError, WeightsError
-from ppcls.weights.loading import (check_compatible, read_state_dict, resolve_params_path,
-                                  strip_params_suffix)
+from ppcls.weights.formats import (MAX_STATES_BYTES, read_state_dict,  # noqa: F401
+                                   read_states, resolve_params_path, strip_params_suffix)
+from ppcls.weights.loading import check_compatible
 from ppcls.weights.paddle_pickle import read_paddle_file
 
 PARTS = (".pdparams", ".pdopt", ".pdema", ".pdstates")  # .pdstates, the manifest, last
-MAX_STATES_BYTES = 16 << 20  # ours hold a few kB: epoch, metrics, schedule, manifest
 
 
 def _sha256(path):
@@ -209,19 +209,6 @@ def optimizer_state_for_loading(state, model):
     return _rename_keys(state, {v: k for k, v in _param_names(model).items()})
 
 
-def read_states(prefix):
-    """The training state dict in `<prefix>.pdstates` (see `_state` in the engine)."""
-    path = prefix + ".pdstates"
-    size = os.path.getsize(path)
-    if size > MAX_STATES_BYTES:
-        raise WeightsError(f"{path} is {size} bytes: a training state file is a few kB, so "
-                           f"this is not one (at most {MAX_STATES_BYTES} bytes are read)")
-    state = read_paddle_file(path)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a training state")
-    return state
-
-
 def _read_optimizer_state(prefix, model):
     """`<prefix>.pdopt` as the optimizer's `set_state_dict` needs it. It takes accumulators
     and the schedule's state as arrays, but keeps master weights as it gets them and computes
@@ -240,11 +227,13 @@ def _read_optimizer_state(prefix, model):
     return state
 
 
-def load_checkpoint(prefix, model, optimizer=None, ema=None, convert_optimizer_state=None):
-    """Restore everything the complete checkpoint at `prefix` (see `find_checkpoint`) holds;
-    returns its `.pdstates` dict. `convert_optimizer_state(state)`, when given, adapts the
-    optimizer state (Paddle's names, after the weights are loaded) before it is set (the
-    engine's AMP level conversion, ppcls/engine/amp.py)."""
+def resume_checkpoint(prefix, model, optimizer=None, ema=None, convert_optimizer_state=None):
+    """Continue a training run: restore everything the complete checkpoint at `prefix` (see
+    `find_checkpoint`) holds into the model, optimizer and EMA; returns its `.pdstates` dict
+    (epoch, iteration, schedule, seed...). `convert_optimizer_state(state)`, when given,
+    adapts the optimizer state (Paddle's names, after the weights are loaded) before it is
+    set (the engine's AMP level conversion, ppcls/engine/amp.py). For weights alone use
+    loading.load_into."""
     state = read_states(prefix)
     weights = read_state_dict(prefix + ".pdparams")
     model.set_state_dict(check_compatible(model, weights, prefix + ".pdparams"))

@@ -1,15 +1,15 @@
 """Download a weights file into a local cache, checked, atomically and resumably.
 
     cache_dir() -> Path     $PPCLS_CACHE_DIR, else $XDG_CACHE_HOME/ppcls/weights,
-                            else ~/.cache/ppcls/weights
+                            else ~/.cache/ppcls/weights (ppcls/utils/cache.py)
     fetch(url, sha256=None, progress=True, retries=3, max_bytes=None) -> Path
 
 Cache layout: one file per URL at
 
     cache_dir() / <host>[_<port>] / <directories of the URL path> / <file name>
 
-e.g. https://huggingface.co/timm/mnasnet_100.rmsp_in1k/resolve/main/model.safetensors ->
-cache_dir()/huggingface.co/timm/mnasnet_100.rmsp_in1k/resolve/main/model.safetensors, so two
+e.g. https://huggingface.co/<owner>/<repository>/resolve/main/model.safetensors ->
+cache_dir()/huggingface.co/<owner>/<repository>/resolve/main/model.safetensors, so two
 repositories' `model.safetensors` never share a file. Each path segment is URL-decoded;
 characters a file name cannot hold (`/ \\ : * ? " < > |`, control characters) and `%`
 itself are %-escaped again, so the mapping stays one-to-one. The query string and the
@@ -24,13 +24,13 @@ A download goes to `<file>.part` next to the final file and is renamed onto it o
 complete and verified, so the final name never holds a partial file. A `.part` left by a
 failed or interrupted run is resumed with an HTTP Range request by the next one.
 
-Verified means: the content starts like a weights file (a zip: torch.save or numpy .npz; a
-pickle: Paddle's .pdparams or a legacy torch.save; safetensors), so a web page or a JSON
-error answered with 200 is refused and not cached; and its SHA-256 is the expected one. The
-expected SHA-256 is the `sha256` argument, or else the hex prefix torchvision puts in its
-file names (`<name>-<at least 8 hex digits>.<ext>`): the digest must start with it. Without
-either, the download logs its SHA-256 so that it can be pinned (the `sha256` argument, or
-the `sha256` of its record in ppcls/arch/backbone/model_zoo/mnasnet_variants.py).
+Verified means: the content starts like a weights file (formats.sniff: a zip, torch.save or
+numpy .npz; a pickle, Paddle's .pdparams or a legacy torch.save; safetensors), so a web page
+or a JSON error answered with 200 is refused and not cached; and its SHA-256 is the expected
+one. The expected SHA-256 is the `sha256` argument, or else the hex prefix torch.hub's file
+names carry (`<name>-<at least 8 hex digits>.<ext>`): the digest must start with it.
+Without either, the download logs its SHA-256 so that it can be pinned (the `sha256`
+argument, or the `sha256` of the weights record that names the URL).
 
 Bounds, whatever the server does (each refusal is one WeightsError line):
     size        `max_bytes` (a record's published size with some to spare), else
@@ -66,9 +66,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple, Optional
 
-from ppcls.utils import logger
+from ppcls.utils import cache, logger
 from ppcls.utils.errors import ConfigError, WeightsError
+from ppcls.weights.formats import SNIFFED, read_head, sniff
 
 TIMEOUT = 30        # seconds without data before a connection counts as failed
 BACKOFF = 0.5       # seconds before the first retry, doubled for each further one
@@ -83,21 +85,23 @@ DEFAULT_DEADLINE = 3600.0  # an hour: a 1 GB file over a 300 kB/s link
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                    TimeoutError, ssl.SSLError, socket.gaierror)
 _UNSAFE = set('/\\:*?"<>|%')
-_TORCHVISION_NAME = re.compile(r".*-([0-9a-fA-F]{8,64})")
+_HUB_DIGEST_NAME = re.compile(r".*-([0-9a-fA-F]{8,64})")  # torch.hub's <name>-<digest>
 _NAME_BYTES = 128  # plus ".part": within eCryptfs's 143-byte names
 _PATH_BYTES = 1024
 _HASHED = "%~"  # `%` is otherwise always followed by two hex digits
-WEIGHTS_FORMATS = ("torch.save (zip or legacy pickle), numpy .npz, safetensors or a Paddle "
-                   ".pdparams pickle")
-_SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on its JSON header
 
 
 def cache_dir():
-    """Where downloaded weights go (see the module docstring)."""
-    if os.environ.get("PPCLS_CACHE_DIR"):
-        return Path(os.environ["PPCLS_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "ppcls" / "weights"
+    """Where downloaded weights go: the `weights` folder of the one cache rule
+    (ppcls/utils/cache.py)."""
+    return cache.cache_dir("weights")
+
+
+class Download(NamedTuple):
+    """A file to fetch, with what to check it against (see fetch)."""
+    url: str
+    sha256: Optional[str] = None
+    max_bytes: Optional[int] = None
 
 
 def fetch(url, sha256=None, progress=True, retries=3, max_bytes=None):
@@ -157,31 +161,13 @@ def _hashed(name, keep_suffix=True):
     return f"{start}{_HASHED}{hashlib.sha256(name.encode()).hexdigest()[:32]}{suffix}"
 
 
-def weights_format(head):
-    """The kind of weights file the first bytes announce ("zip", "pickle" or
-    "safetensors"), or None. A first look only: the readers check the rest."""
-    if head.startswith(b"PK\x03\x04"):  # torch.save's own layout, or numpy's npz
-        return "zip"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO of pickle 2-5
-        return "pickle"
-    header_length = int.from_bytes(head[:8], "little")
-    if head[8:9] == b"{" and 0 < header_length <= _SAFETENSORS_MAX_HEADER:
-        return "safetensors"
-    return None
-
-
-def _head(path, size=64):
-    with open(path, "rb") as f:
-        return f.read(size)
-
-
 def _expected_digest(name, sha256):
     """The full or prefix hex digest the file must have, or None."""
     if sha256 is not None:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
             raise WeightsError(f"sha256 must be 64 hex digits, got {sha256!r}")
         return sha256.lower()
-    match = _TORCHVISION_NAME.fullmatch(name.rsplit(".", 1)[0] if "." in name else name)
+    match = _HUB_DIGEST_NAME.fullmatch(name.rsplit(".", 1)[0] if "." in name else name)
     return match.group(1).lower() if match else None
 
 
@@ -195,10 +181,10 @@ def _check_cached(target, expected):
     """A cached file that is not weights, or has the wrong digest, did not come from fetch
     (it verifies before it renames): do not delete what may be a user's copy, say what is
     wrong."""
-    head = _head(target)
-    if weights_format(head) is None:
+    head = read_head(target)
+    if sniff(head) is None:
         raise WeightsError(f"the cached file {target} is not a weights file (it starts with "
-                           f"{head[:32]!r}; expected {WEIGHTS_FORMATS}): delete it to "
+                           f"{head[:32]!r}; expected {SNIFFED}): delete it to "
                            "download it again")
     if expected:
         actual = _file_sha256(target)
@@ -481,13 +467,13 @@ class _Download:
 
     def _check_content(self, content_type):
         """Only weights are cached: a login page or a JSON error answered with 200 is not."""
-        head = _head(self.part)
-        if weights_format(head) is None:
+        head = read_head(self.part)
+        if sniff(head) is None:
             _remove(self.part)
             raise WeightsError(
                 f"refused {self.url}: the server answered with Content-Type "
                 f"{content_type or '(none)'} and a body starting {head[:32]!r}, which is not "
-                f"a weights file ({WEIGHTS_FORMATS}); nothing was cached: check the URL (a "
+                f"a weights file ({SNIFFED}); nothing was cached: check the URL (a "
                 "web page, such as a login or error page, often comes instead of the file)")
 
     def _check_digest(self):
@@ -506,8 +492,8 @@ class _Download:
                     self.target.stat().st_size, actual)
         if not self.expected:
             logger.info("%s publishes no SHA-256 to check it against: it has sha256=%s; to "
-                        "pin it, pass that as the sha256 of fetch() or of its weights record "
-                        "(mnasnet_variants.py)", self.url, actual)
+                        "pin it, pass that as the sha256 of fetch() or of the weights record "
+                        "that names this URL", self.url, actual)
 
     def _failure(self, reason, attempts=1):
         kept = (f"; the {self.part.stat().st_size} bytes received are kept in "

@@ -1,46 +1,103 @@
-"""Loading weights into a model, with errors that say what is wrong and where."""
+"""Weights into a model: `load_into`, and the check every load goes through.
+
+Which loader to use:
+    load_into(model, location)                  weights to start from (Global.pretrained_model,
+                                                Arch.pretrained): any file, prefix or URL; a
+                                                classifier of another class_num stays fresh
+    load_into(model, location, for_eval=True,   weights to evaluate, export or predict with:
+              prefer_ema=...)                   every tensor required; the EMA copy of one of
+                                                our checkpoints when asked and saved
+    checkpoint.resume_checkpoint(prefix, ...)   continue a training run: weights, optimizer,
+                                                EMA and the training state (checkpoint.py)
+
+A model whose tensors are named differently in the files it accepts (other libraries'
+checkpoints of the same network) says so with a hook: `model.adapt_state_dict(state,
+weights_file)` returns (the state in the model's own names, the name of the source that
+wrote it); it may also adjust the model to the weights (a parameter-free layer they were
+trained with or without). Models without the hook load files in their own naming only.
+"""
 
 import os
-
-import numpy as np
+from typing import NamedTuple
 
 from ppcls.utils import logger
 from ppcls.utils.errors import WeightsError
-from ppcls.weights.paddle_pickle import read_paddle_file
+from ppcls.weights.download import fetch
+from ppcls.weights.formats import (PARAMS_SUFFIX, read_states, read_weights,
+                                   resolve_params_path, strip_params_suffix)
 
-PARAMS_SUFFIX = ".pdparams"
-
-
-def strip_params_suffix(path):
-    """The checkpoint prefix of a weights path given with or without `.pdparams`."""
-    path = str(path)
-    return path[: -len(PARAMS_SUFFIX)] if path.endswith(PARAMS_SUFFIX) else path
-
-
-def resolve_params_path(path):
-    """Accept a weights path with or without `.pdparams` (or another file, e.g. `.pdema`)."""
-    params = strip_params_suffix(path) + PARAMS_SUFFIX
-    for candidate in (params, str(path)):
-        if os.path.isfile(candidate):
-            return candidate
-    raise WeightsError(
-        f"weights file not found: {params} (give the path with or without "
-        f"'{PARAMS_SUFFIX}', e.g. output/MnasNet_B1_x1_0/best_model, or an http(s) URL)"
-    )
+OURS = "ppcls"  # the source name of weights in a model's own naming
+# Tensors a fine-tuning load may leave freshly initialised when their shapes differ: the
+# classifier, which our models (as PaddleClas's) call `fc`.
+CLASSIFIER_PREFIXES = ("fc.",)
 
 
-def read_state_dict(path):
-    """Read a `.pdparams` (or `.pdema`) file into a dict of numpy arrays, with the safe
-    reader (paddle_pickle); a corrupt or unsafe file is a WeightsError."""
-    path = resolve_params_path(path)
-    state = read_paddle_file(path)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    for key, value in state.items():
-        if not isinstance(value, np.ndarray):
-            raise WeightsError(f"{path}: {str(key)[:100]!r} holds a {type(value).__name__}, "
-                               "not a tensor: this is not a weights file")
-    return state
+class WeightsFile(NamedTuple):
+    """The file an `adapt_state_dict` hook adapts."""
+    location: str  # as the config gave it: a path, a prefix or a URL
+    path: str  # the local file read
+
+    def recorded(self):
+        """What the training run that saved these weights recorded beside them
+        (`<prefix>.pdstates`, see checkpoint.py), or {} when nothing is there."""
+        prefix = os.path.splitext(self.path)[0]
+        return read_states(prefix) if os.path.isfile(prefix + ".pdstates") else {}
+
+
+class Loaded(NamedTuple):
+    location: str  # as given
+    path: str  # the local file read
+    source: str  # whose naming the file used: OURS, or what the model's hook said
+    kind: str  # "EMA" (an EMA copy) or "model"
+
+
+def is_url(location):
+    return str(location).startswith(("http://", "https://"))
+
+
+def local_file(location, sha256=None, max_bytes=None):
+    """The local file for a path, a prefix (`.pdparams` added) or a URL (downloaded, see
+    download.fetch for `sha256` and `max_bytes`)."""
+    location = str(location)
+    if is_url(location):
+        return str(fetch(location, sha256=sha256, max_bytes=max_bytes))
+    return location if os.path.isfile(location) else resolve_params_path(location)
+
+
+def _ema_copy(location):
+    """`<prefix>.pdema` of one of our checkpoints when it was saved, else the location."""
+    prefix = strip_params_suffix(location)
+    if is_url(location) or not os.path.isfile(prefix + PARAMS_SUFFIX):
+        return location, "model"
+    if os.path.isfile(prefix + ".pdema"):
+        return prefix + ".pdema", "EMA"
+    logger.warning("EMA is configured but %s.pdema does not exist: using the model weights",
+                   prefix)
+    return location, "model"
+
+
+def load_into(model, location, *, for_eval=False, prefer_ema=False, max_bytes=None,
+              sha256=None):
+    """Read the weights at `location` (a file or checkpoint prefix in any format
+    formats.read_weights knows, or an http(s) URL, downloaded once into the cache and
+    checked against `sha256` and `max_bytes`), rename them with the model's
+    `adapt_state_dict` hook when it has one, check them against the model and load them.
+
+    for_eval: every tensor must fit (evaluation, export, prediction); otherwise tensors of
+        the classifier whose shapes differ (another class_num) stay freshly initialised,
+        with a log line (fine-tuning).
+    prefer_ema: for one of our checkpoints, load its EMA copy (`.pdema`) when it was saved.
+    Returns a Loaded record."""
+    location, kind = _ema_copy(location) if prefer_ema else (location, "model")
+    path = local_file(location, sha256, max_bytes)
+    state, source = read_weights(path), OURS
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is not None:
+        state, source = adapt(state, WeightsFile(str(location), path))
+    skip = () if for_eval else CLASSIFIER_PREFIXES
+    model.set_state_dict(check_compatible(model, state, path, skip_prefixes=skip))
+    logger.info("loaded %s weights from %s", source, path)
+    return Loaded(str(location), path, source, kind)
 
 
 def check_compatible(model, state, source, skip_prefixes=()):

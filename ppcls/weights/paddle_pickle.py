@@ -1,5 +1,5 @@
-"""Read what `paddle.save` wrote (`.pdparams`, `.pdopt`, `.pdema`, `.pdstates`, PaddleClas's
-and the Paddle reproduction's published weights) as `paddle.load(path, return_numpy=True)`
+"""Read what `paddle.save` wrote (`.pdparams`, `.pdopt`, `.pdema`, `.pdstates`, the weights
+PaddleClas and other Paddle projects publish) as `paddle.load(path, return_numpy=True)`
 returns it, without running code from the file: the one reader of every Paddle pickle here.
 
 What paddle.save pickles (protocols 2 to 4; Paddle 2.x and 3.x, Python 3; Paddle 1.x's

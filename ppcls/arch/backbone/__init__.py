@@ -1,16 +1,4 @@
-"""Importing this package registers every backbone."""
+"""Importing this package registers every backbone (without importing Paddle: the builders
+import their networks when called)."""
 
-from ppcls.arch.backbone.model_zoo.mnasnet import (  # noqa: F401
-    VARIANTS,
-    MnasNet,
-    MnasNet_A1_x0_5,
-    MnasNet_A1_x0_75,
-    MnasNet_A1_x1_0,
-    MnasNet_A1_x1_4,
-    MnasNet_B1_x0_5,
-    MnasNet_B1_x0_75,
-    MnasNet_B1_x1_0,
-    MnasNet_B1_x1_3,
-    MnasNet_B1_x1_4,
-    MnasNet_small,
-)
+import ppcls.arch.backbone.model_zoo.mnasnet  # noqa: F401

@@ -8,9 +8,9 @@ and exported models, other shapes) goes to `paddle.nn.functional.conv2d`, so exp
 inference models never depend on the custom operator.
 
 The operator is compiled on first use with `paddle.utils.cpp_extension.load` and cached
-under ~/.cache/ppcls/ops (or $PPCLS_CACHE_DIR), keyed by the source, Paddle's version and
-the compiler flags. If it cannot be built, one warning says why and the built-in kernel is
-used. PPCLS_DEPTHWISE_CONV=builtin turns it off.
+in the cache's `ops` folder (ppcls/utils/cache.py, e.g. ~/.cache/ppcls/ops), keyed by the
+source, Paddle's version and the compiler flags. If it cannot be built, one warning says
+why and the built-in kernel is used. PPCLS_DEPTHWISE_CONV=builtin turns it off.
 """
 
 import fcntl
@@ -24,6 +24,7 @@ import warnings
 import paddle
 import paddle.nn.functional as F
 
+from ppcls.utils.cache import cache_dir
 from ppcls.utils.threads import cpu_info
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv.cc")
@@ -63,9 +64,7 @@ def _build_directory(flags):
     with open(SOURCE, "rb") as f:
         key = hashlib.sha256(f.read() + paddle.__version__.encode()
                              + " ".join(flags).encode()).hexdigest()[:16]
-    root = os.environ.get("PPCLS_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "ppcls", "ops")
-    return os.path.join(root, f"depthwise_conv-{key}")
+    return os.path.join(cache_dir("ops"), f"depthwise_conv-{key}")
 
 
 def _build():

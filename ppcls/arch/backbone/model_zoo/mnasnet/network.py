@@ -1,14 +1,13 @@
-"""MnasNet (Tan et al., "MnasNet: Platform-Aware Neural Architecture Search for Mobile",
-arXiv 1807.11626): the B1, A1 (squeeze-and-excitation) and small networks at any width.
+"""The MnasNet network: the stage tables, the blocks and the classifier built from them.
 
 Every variant is one stage table plus a width multiplier. The topology matches torchvision's
 `MNASNet` (B1, version 2 stem that scales with width) and timm's `mnasnet_*` / `semnasnet_*` /
 `mnasnet_small` exactly when `stem_relu=False`, so their weights convert one-to-one
-(see `ppcls/weights/converter.py`). `stem_relu=True` (the default) adds the Paddle
-reproduction's extra ReLU after the first block's 1x1 projection BatchNorm.
+(converter.py). `stem_relu=True` (the default) adds the Paddle reproduction's extra ReLU
+after the first block's 1x1 projection BatchNorm.
 
-The variants (names, stage table, width) and what the references publish about each are
-one record per variant in `mnasnet_variants.py`; the builders at the end read them.
+The model's hooks for the rest of ppcls (the weights it reads, the eval transform they
+need, what a checkpoint records about it) hand over to sources.py.
 """
 
 import math
@@ -16,10 +15,10 @@ from collections import namedtuple
 
 import paddle.nn as nn
 
-from ppcls.arch.backbone.model_zoo.mnasnet_variants import (  # noqa: F401  (VARIANTS re-exported)
-    VARIANT_BY_NAME, VARIANTS)
-from ppcls.arch.registry import register_model
+from ppcls.arch.backbone.model_zoo.mnasnet.sources import adapt, eval_transforms_of
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import variant_of
 from ppcls.ops.depthwise_conv import DepthwiseConv2D
+from ppcls.ops.sigmoid import sigmoid
 
 # One row per stage. block: "ds" = depthwise separable (dw -> [SE] -> pw-linear),
 # "ir" = inverted residual (pw-expand -> dw -> [SE] -> pw-linear). se: SE ratio relative to
@@ -95,11 +94,10 @@ class SqueezeExcite(nn.Layer):
         self.conv_reduce = nn.Conv2D(channels, reduced, 1)
         self.act = nn.ReLU()
         self.conv_expand = nn.Conv2D(reduced, channels, 1)
-        self.gate = nn.Sigmoid()
 
     def forward(self, x):
         scale = self.conv_expand(self.act(self.conv_reduce(self.pool(x))))
-        return x * self.gate(scale)
+        return x * sigmoid(scale)  # ppcls.ops: also recordable in a legacy program
 
 
 class MnasBlock(nn.Layer):
@@ -136,15 +134,21 @@ class MnasNet(nn.Layer):
         width: channel multiplier for stem and stages (the 1280-wide head is fixed).
         class_num: classifier outputs.
         stem_relu: extra ReLU after the first block's projection BN (the reproduction's
-            topology); False gives exactly the torchvision / timm / TF network.
+            topology); False gives exactly the torchvision / timm / TF network. None (the
+            default): True until weights trained without it are loaded; True or False:
+            fixed, and weights of the other topology are refused.
         dropout: dropout probability before the classifier.
         bn_momentum, bn_epsilon: BatchNorm settings in Paddle's convention
             (running = momentum * running + (1 - momentum) * batch).
     """
 
-    def __init__(self, arch="B1", width=1.0, class_num=1000, stem_relu=True, dropout=0.2,
+    def __init__(self, arch="B1", width=1.0, class_num=1000, stem_relu=None, dropout=0.2,
                  bn_momentum=0.9, bn_epsilon=1e-5):
         super().__init__()
+        self.variant = variant_of(arch, width)  # its record in variants.py, or None
+        self.configured_stem_relu = stem_relu  # None: the weights loaded decide
+        self.stem_relu = True if stem_relu is None else bool(stem_relu)
+        self.weights_origin = None  # a WeightsOrigin (sources.py) once weights are loaded
         spec = ARCHITECTURES[arch]
         bn_args = dict(momentum=bn_momentum, epsilon=bn_epsilon)
         in_ch = scale_channels(spec["stem"], width)
@@ -157,12 +161,11 @@ class MnasNet(nn.Layer):
                 first_block = stage_index == 0 and repeat == 0
                 blocks.append(MnasBlock(
                     in_ch, out_ch, stage, stage.stride if repeat == 0 else 1, bn_args,
-                    project_relu=stem_relu and first_block,
+                    project_relu=self.stem_relu and first_block,
                 ))
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
-        self.stem_relu = stem_relu
         self.head = ConvBN(in_ch, spec["head"], bn_args=bn_args)
         self.avg_pool = nn.AdaptiveAvgPool2D(1)
         self.flatten = nn.Flatten()
@@ -185,9 +188,28 @@ class MnasNet(nn.Layer):
                 nn.initializer.Constant(0.0)(layer.bias)
 
     def set_stem_relu(self, on):
-        """Switch the parameter-free extra stem ReLU (weights decide, see ppcls.weights)."""
+        """Switch the parameter-free extra stem ReLU (the weights loaded decide, sources.py)."""
         self.stem_relu = bool(on)
         self.blocks[0][0].project.act = nn.ReLU() if on else None
+
+    # ------------------------------------------------ hooks for the rest of ppcls
+    def adapt_state_dict(self, state, weights_file):
+        """ppcls.weights.load_into's hook: the weights of any MnasNet source (ours,
+        torchvision's, timm's, the Paddle reproduction's) in our tensor names, this network
+        switched to the stem ReLU they were trained with, and their origin remembered.
+        Returns (state, the source's name)."""
+        return adapt(self, state, weights_file)
+
+    def eval_transforms(self, configured, where):
+        """The transform ops to evaluate or predict with: for torchvision's or timm's
+        weights their source's own eval transform (so their published accuracy is
+        reproduced), with a log line; else `configured` (the config's ops at `where`)."""
+        return eval_transforms_of(self.weights_origin, configured, where)
+
+    def checkpoint_record(self):
+        """What a checkpoint records beside these weights so that loading them restores
+        this topology (read back by adapt_state_dict)."""
+        return {"stem_relu": self.stem_relu}
 
     def forward_features(self, x):
         return self.head(self.blocks(self.stem(x)))
@@ -195,41 +217,3 @@ class MnasNet(nn.Layer):
     def forward(self, x):
         x = self.flatten(self.avg_pool(self.forward_features(x)))
         return self.fc(self.dropout(x))
-
-
-def _register(name):
-    """Build and register the builder of the VARIANTS record `name`, under all its names."""
-    variant = VARIANT_BY_NAME[name]
-
-    def builder(pretrained=False, class_num=1000, stem_relu=None, dropout=0.2,
-                bn_momentum=0.9, bn_epsilon=1e-5):
-        """pretrained: True (the variant's published weights), "torchvision" or "timm" (that
-        source's), or a path or URL. stem_relu: None means True unless the weights loaded
-        say otherwise."""
-        model = MnasNet(arch=variant.arch, width=variant.width, class_num=class_num,
-                        stem_relu=True if stem_relu is None else stem_relu, dropout=dropout,
-                        bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
-        model.variant_name = variant.name
-        if pretrained:
-            from ppcls.weights.pretrained import load_arch_pretrained
-
-            load_arch_pretrained(model, variant, pretrained, configured_stem_relu=stem_relu)
-        return model
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"MnasNet-{variant.arch} at width x{variant.width}."
-    builder.variant = variant
-    return register_model(*variant.names)(builder)
-
-
-# Written out (not generated) so that editors and type checkers see every builder.
-MnasNet_B1_x0_5 = _register("MnasNet_B1_x0_5")
-MnasNet_B1_x0_75 = _register("MnasNet_B1_x0_75")
-MnasNet_B1_x1_0 = _register("MnasNet_B1_x1_0")
-MnasNet_B1_x1_3 = _register("MnasNet_B1_x1_3")
-MnasNet_B1_x1_4 = _register("MnasNet_B1_x1_4")
-MnasNet_A1_x0_5 = _register("MnasNet_A1_x0_5")
-MnasNet_A1_x0_75 = _register("MnasNet_A1_x0_75")
-MnasNet_A1_x1_0 = _register("MnasNet_A1_x1_0")
-MnasNet_A1_x1_4 = _register("MnasNet_A1_x1_4")
-MnasNet_small = _register("MnasNet_small")

@@ -1,28 +1,28 @@
-"""Convert reference MnasNet checkpoints (torchvision, timm, the Paddle reproduction) into
-this repository's `.pdparams` layout.
+"""Reference MnasNet checkpoints (torchvision, timm, the Paddle reproduction) in this
+repository's tensor names: the key maps, the renaming that loading uses, and the conversion
+to `.pdparams` that tools/convert_weights.py runs.
 
 The mapping is derived from our own model: for every tensor our model has, we name the
 tensor the reference stores for it. Conversion fails, naming the keys, unless every source
-tensor is used and every target tensor is filled with the right shape.
+tensor is used and every target tensor is filled with the right shape. Reading the files
+(any format, by content) is ppcls.weights.formats's job.
 """
 
 import os
 import re
-import zipfile
 
 import numpy as np
 
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANTS
 from ppcls.arch.registry import get_model_builder
 from ppcls.utils.errors import WeightsError
-from ppcls.weights import torch_pickle
-from ppcls.weights.paddle_pickle import read_paddle_file
 
 SOURCES = ("torchvision", "timm", "reproduction")
 
 # Reference model names and the variant of ours that computes the same function: a view of
 # the variant records' twins.
-from ppcls.arch.backbone.model_zoo.mnasnet_variants import VARIANTS  # noqa: E402
 REFERENCE_ARCHS = {(library, ref): v.name for v in VARIANTS for library, ref in v.twins.items()}
+ARCH_EXAMPLES = "MnasNet_B1_x1_0 for torchvision mnasnet1_0, MnasNet_A1_x1_0 for timm semnasnet_100"
 
 # Tensors a reference keeps that have no counterpart here (PyTorch's BN step counter).
 IGNORED_SOURCE_SUFFIXES = (".num_batches_tracked",)
@@ -154,7 +154,8 @@ def rename_to_model(model, source_state, source, where):
 
 def convert_state_dict(source_state, source, arch, class_num=1000):
     """Convert `source_state` (name -> numpy array, the reference's naming) for our model
-    `arch`. Returns (state dict of float32 arrays, stem_relu the weights were trained with)."""
+    `arch`. Returns (state dict of float32 arrays, what to record beside them: the stem
+    ReLU the weights were trained with, see save_pdparams)."""
     model = get_model_builder(arch)(class_num=class_num, stem_relu=False)
     key_map, layout = build_key_map(model, source, source_state.keys())
     converted = rename_to_model(model, source_state, source, f"the {source} checkpoint")
@@ -167,129 +168,21 @@ def convert_state_dict(source_state, source, arch, class_num=1000):
             f"the {source} checkpoint does not match {arch} (class_num={class_num}): "
             f"{len(mismatched)} shape mismatches, first: " + "; ".join(mismatched[:4])
             + ". Check --arch (width and A1/B1/small) and --class_num.")
-    return converted, bool(layout and layout["shift"])
+    return converted, {"stem_relu": bool(layout and layout["shift"])}
 
 
-def _unwrap(state):
-    """Accept the usual checkpoint wrappers and DataParallel's `module.` prefix."""
-    for wrapper in ("state_dict", "model", "model_state", "model_state_dict"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-# Formats by what read_checkpoint calls them in messages.
-FORMATS = {"torch": "PyTorch torch.save (.pth/.pt/.bin)", "safetensors": "safetensors",
-           "npz": "numpy .npz", "pdparams": "Paddle .pdparams"}
-_SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on its JSON header
-
-
-def checkpoint_format(path):
-    """A key of FORMATS, recognised by the file's first bytes (never its name), or None."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"PK\x03\x04"):  # a zip: torch.save's own layout, or numpy's npz
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile as err:
-            raise WeightsError(f"cannot read {path}: it is a truncated or damaged zip "
-                               f"({err})") from None
-        if torch_pickle.is_torch_zip(names):
-            return "torch"
-        return "npz" if names and all(n.endswith(".npy") for n in names) else None
-    # safetensors: a little-endian u64 header length, then that many bytes of JSON
-    header_length = int.from_bytes(head[:8], "little")
-    if head[8:9] == b"{" and 0 < header_length <= _SAFETENSORS_MAX_HEADER:
-        return "safetensors"
-    # A pickle's PROTO opcode: an old torch.save, else read as Paddle's. Either reader
-    # refuses a pickle that names anything outside its allow-list, whatever the file's name.
-    if head[:1] == b"\x80":
-        return "torch" if torch_pickle.is_legacy_file(head) else "pdparams"
-    return None
-
-
-# An .npz may be compressed (np.savez_compressed): its members may unpack to more than the
-# file, but weights compress little, so a ratio beyond this is a zip bomb, not weights.
-_NPZ_MAX_RATIO, _NPZ_FLOOR = 64, 64 << 20
-
-
-def _check_npz_sizes(path):
-    """Bound what np.load would allocate by the file: each member's declared size (which
-    zipfile never reads past) and each array's header (numpy allocates the header's shape
-    before it reads a byte of data)."""
-    limit = max(_NPZ_MAX_RATIO * os.path.getsize(path), _NPZ_FLOOR)
-    with zipfile.ZipFile(path) as archive:
-        members = archive.infolist()
-        declared = sum(info.file_size for info in members)
-        if declared > limit:
-            raise WeightsError(f"{path}: its members unpack to {declared} bytes, more than "
-                               f"{_NPZ_MAX_RATIO} times the file: refused as a zip bomb")
-        for info in members:
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                          else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = header(member)
-                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                if nbytes > info.file_size:
-                    raise WeightsError(f"{path}: array {info.filename} claims {nbytes} bytes "
-                                       f"but its member holds {info.file_size}")
-
-
-def _read_npz(path):
-    _check_npz_sizes(path)
-    with np.load(path) as archive:  # allow_pickle stays False: arrays only
-        return {k: archive[k] for k in archive.files}
-
-
-def _read_safetensors(path):
-    from safetensors.numpy import load_file
-
-    return load_file(path)
-
-
-_READERS = {"torch": torch_pickle.read_torch_file, "safetensors": _read_safetensors,
-            "npz": _read_npz, "pdparams": read_paddle_file}
-
-
-def read_checkpoint(path):
-    """Read a reference checkpoint as name -> numpy array. The format is recognised by the
-    file's content, whatever its extension: a PyTorch `torch.save` file (zip or legacy;
-    read without PyTorch), `.safetensors`, `.npz` or Paddle's `.pdparams` (any other
-    pickle); pickles that would run code are refused. Usual wrappers ({'state_dict': ...},
-    'module.' prefixes) are unwrapped; values that are not tensors (epoch counters and the
-    like) are dropped."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f"checkpoint not found: {path}")
-    kind = checkpoint_format(path)
-    if kind is None:
-        raise WeightsError(f"{path} is not a checkpoint format this tool reads: "
-                           + ", ".join(FORMATS.values()) + " (recognised by content)")
-    try:
-        state = _READERS[kind](path)
-    except WeightsError:
-        raise
-    except Exception as err:
-        raise WeightsError(f"cannot read {path}: it is truncated or not a valid "
-                           f"{FORMATS[kind]} file ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict "
-                           "(a dict of name -> tensor)")
-    state = _unwrap({k: v for k, v in state.items() if isinstance(k, str)})
-    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-
-
-def save_pdparams(state, path, stem_relu=None):
-    """Write converted weights; with `stem_relu`, also a `.pdstates` beside them recording
-    the topology they need, which loading then applies (as for our own checkpoints)."""
+def save_pdparams(state, path, record):
+    """Write converted weights and, beside them, a `.pdstates` holding `record` (the
+    topology they need), which loading then applies as for our own checkpoints."""
     import paddle
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, path)
-    if stem_relu is not None:
-        paddle.save({"stem_relu": bool(stem_relu)}, os.path.splitext(path)[0] + ".pdstates")
+    paddle.save(dict(record), os.path.splitext(path)[0] + ".pdstates")
+
+
+def record_note(record, path):
+    """One line for the user on what save_pdparams recorded beside `path`."""
+    return (f"these weights need stem_relu={record['stem_relu']}, recorded in "
+            f"{os.path.splitext(path)[0]}.pdstates: loading them applies it (leave "
+            "Arch.stem_relu unset)")

@@ -28,7 +28,7 @@ def short_side(preprocess):
 def eval_transform_ops(preprocess):
     """`transform_ops` (a list of one-key dicts, as in a config's DataLoader.Eval.dataset or
     Infer.transforms) reproducing the eval transform of a `Preprocess` record
-    (ppcls/arch/backbone/model_zoo/mnasnet_variants.py). The result is CHW float32."""
+    (variants.py). The result is CHW float32."""
     return [
         {"DecodeImage": {"to_rgb": True, "channel_first": False, "backend": "pil"}},
         {"ResizeImage": {"resize_short": short_side(preprocess),

@@ -3,6 +3,9 @@ reference networks it equals and what they publish. Every other list of variants
 REFERENCE_ARCHS, the benchmarks' PyTorch twins, tests, tables) is computed from VARIANTS.
 Published figures are the sources' own (we have not trained on ImageNet); None: not
 published, or not found.
+
+Standard library only, so that tools read the records without importing Paddle:
+    python -c "from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANTS"
 """
 
 import math
@@ -53,7 +56,7 @@ class Weights(NamedTuple):
 
 class Variant(NamedTuple):
     names: Tuple[str, ...]  # registered Arch.name; the first is ours, the rest aliases
-    arch: str  # stage table: a key of mnasnet.ARCHITECTURES
+    arch: str  # stage table: a key of network.ARCHITECTURES
     width: float  # channel multiplier
     twins: Dict[str, str]  # library -> its name for exactly this network (weights convert)
     ref_params: Optional[int]  # trainable parameters at 1000 classes per torchvision/timm
@@ -145,6 +148,12 @@ VARIANTS = (
 )
 # fmt: on
 VARIANT_BY_NAME = {name: variant for variant in VARIANTS for name in variant.names}
+_VARIANT_BY_TABLE = {(variant.arch, variant.width): variant for variant in VARIANTS}
+
+
+def variant_of(arch, width):
+    """The record of the network with this stage table and width, or None."""
+    return _VARIANT_BY_TABLE.get((arch, width))
 
 
 def best_published_top1(name):

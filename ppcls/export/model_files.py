@@ -1,5 +1,6 @@
 """The files `tools/export_model.py` and `tools/export_onnx.py` write, found again for
-prediction. Outside ppcls.engine so that the deployed predictor does not import training."""
+prediction. Standard library only: the deployed predictor imports it without the model
+zoo or the training code."""
 
 import os
 
