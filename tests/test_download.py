@@ -146,7 +146,7 @@ def test_connection_refused(monkeypatch, tmp_path):
     msg = str(info.value)
     assert "\n" not in msg
     assert url in msg and "connection refused" in msg
-    assert str(tmp_path / f"127.0.0.1_{port}" / "w" / "a.pth") in msg
+    assert str(tmp_path / "weights" / f"127.0.0.1_{port}" / "w" / "a.pth") in msg
 
 
 def test_5xx_is_retried(server):

@@ -1,7 +1,8 @@
 """Download a weights file into a local cache, checked, atomically and resumably.
 
-    cache_dir() -> Path     $PPCLS_CACHE_DIR, else $XDG_CACHE_HOME/ppcls/weights,
-                            else ~/.cache/ppcls/weights (ppcls/utils/cache.py)
+    cache_dir() -> Path     the cache root's weights/ folder (ppcls/utils/cache.py):
+                            $PPCLS_CACHE_DIR/weights, else $XDG_CACHE_HOME/ppcls/weights,
+                            else ~/.cache/ppcls/weights
     fetch(url, sha256=None, progress=True, retries=3, max_bytes=None) -> Path
 
 Cache layout: one file per URL at
@@ -502,7 +503,7 @@ class _Download:
         tries = f" ({attempts} attempts)" if attempts > 1 else ""
         return WeightsError(
             f"cannot download {self.url}: {reason}{tries}; to use a copy you already have, put "
-            f"it at {self.target} (the cache directory is $PPCLS_CACHE_DIR if set){kept}")
+            f"it at {self.target} (the weights cache; $PPCLS_CACHE_DIR moves its root){kept}")
 
     def _disk_failure(self, err):
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
