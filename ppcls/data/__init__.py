@@ -22,7 +22,7 @@ from ppcls.data.preprocess import BATCH_OPS, NormalizeImage, ToCHWImage
 from ppcls.data.preprocess.batch_ops import mix_images
 from ppcls.data.sampler import SAMPLERS
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError, DataError
+from ppcls.utils.errors import ConfigError, DataError, shown
 from ppcls.utils.factory import create, create_list, split_spec
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
@@ -211,7 +211,7 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
     loader_args = dict(section.get("loader") or {})
     for key in loader_args:
         if key not in LOADER_KEYS:
-            raise ConfigError(f"{where}.loader: unknown key {key!r}; allowed: "
+            raise ConfigError(f"{where}.loader: unknown key {shown(key)}; allowed: "
                               + ", ".join(LOADER_KEYS))
     if normalize_on_device is None:
         normalize_on_device = paddle.device.get_device().startswith("gpu")

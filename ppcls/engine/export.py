@@ -54,9 +54,7 @@ def build_inference_network(config):
 
 
 def export_inference_model(config, save_dir):
-    shape = config["Global"]["image_shape"]
-    if len(shape) != 3:
-        raise ConfigError(f"Global.image_shape must be [C, H, W], got {shape}")
+    shape = config["Global"]["image_shape"]  # [3, H, W], checked with the config
     network = build_inference_network(config)
     model = InferenceModel(network)
     model.eval()
@@ -111,7 +109,7 @@ def _legacy_sigmoid():
 
 
 def write_inference_config(description, save_dir):
-    with open(os.path.join(save_dir, INFERENCE_CONFIG), "w") as f:
+    with open(os.path.join(save_dir, INFERENCE_CONFIG), "w", encoding="utf-8") as f:
         yaml.safe_dump(description, f, sort_keys=False, allow_unicode=True)
 
 
