@@ -16,7 +16,7 @@ import yaml
 
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import ConfigError, shown
 from ppcls.weights import find_model_files, find_onnx_file
 from ppcls.weights.model_files import INFERENCE_CONFIG, LEGACY_PROGRAM
 
@@ -135,7 +135,7 @@ def print_results(results):
 
 def save_results(results, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
 
 
@@ -344,5 +344,5 @@ def backend_of(g):
     (load <inference_model_dir>/inference.onnx) is our `backend: onnxruntime`."""
     backend = "onnxruntime" if g.get("use_onnx") else g["backend"]
     if backend not in RUNNERS:
-        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {backend!r}")
+        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {shown(backend)}")
     return backend
