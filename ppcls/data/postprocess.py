@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 
-from ppcls.utils.errors import ConfigError, shown
+from ppcls.utils.errors import ConfigError, shown, unknown
 from ppcls.utils.text import read_lines
 from ppcls.utils.factory import create, split_spec
 
@@ -164,6 +164,9 @@ def build_postprocess(spec, where):
     if main not in producing:
         raise ConfigError(f"{where}.main_indicator must name the post-process whose results are "
                           f"returned, one of {producing or ['Topk', 'ThreshOutput']}; got {shown(main)}")
-    steps = [(n, create(POSTPROCESSES, n, dict(spec.get(n) or {}), f"{where}.{n}", kind="post-process"))
+    for name in names:  # named under its own key; create() adds the name to argument errors
+        if name not in POSTPROCESSES:
+            raise ConfigError(f"{where}.{name}: {unknown('post-process', name, sorted(POSTPROCESSES))}")
+    steps = [(n, create(POSTPROCESSES, n, dict(spec.get(n) or {}), where, kind="post-process"))
              for n in names]
     return PostProcesses(steps, main)
