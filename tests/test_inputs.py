@@ -321,3 +321,37 @@ def test_eval_with_a_latin1_label_list_is_one_line(digits, tmp_path, capsys):
         digits, tmp_path / "out", extra=[f"DataLoader.Eval.dataset.cls_label_path={listed}"])), capsys)
     assert code == 2
     assert "val.txt: line 5, byte 6 is not UTF-8: re-save the file as UTF-8" in one_line_error(out)
+
+
+# ------------------------------------------- an image the transform ops leave at another size
+@pytest.fixture
+def val_with_a_48px_image(digits, tmp_path):
+    """10 val digits at 32 px, the 4th upscaled to 48 px (the quick start does not resize)."""
+    root = tmp_path / "data"
+    lines = (digits / "val_odd.txt").read_text().splitlines()[:10]
+    for i, line in enumerate(lines):
+        dst = root / line.split()[0]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        image = cv2.imread(str(digits / line.split()[0]))
+        cv2.imwrite(str(dst), cv2.resize(image, (48, 48)) if i == 3 else image)
+    listed = tmp_path / "val.txt"
+    listed.write_text("\n".join(lines) + "\n")
+    return root, listed, lines[3].split()[0]
+
+
+def test_evaluation_names_an_image_of_another_size_instead_of_hanging(val_with_a_48px_image, tmp_path,
+                                                                      capsys):
+    """np.stack failed in the loader's collate, and Paddle's DataLoader then waited forever."""
+    root, listed, odd = val_with_a_48px_image
+    code, out = run_cli(eval_tool, config_args(digits_overrides(
+        root, tmp_path / "out", extra=[f"DataLoader.Eval.dataset.cls_label_path={listed}"])), capsys)
+    assert code == 2
+    line = one_line_error(out)
+    assert re.search(rf"cannot use image .*val.txt:4: .*{re.escape(odd)}: the transform ops make it "
+                     r"\[3, 48, 48\], but the first image \(.*val.txt:1\) \[3, 32, 32\]: add "
+                     r"ResizeImage and CropImage", line), line
+    code, out = run_cli(eval_tool, config_args(digits_overrides(
+        root, tmp_path / "out", extra=[f"DataLoader.Eval.dataset.cls_label_path={listed}",
+                                       "DataLoader.Eval.dataset.on_bad_image=skip",
+                                       "DataLoader.Eval.dataset.max_bad_fraction=0.2"])), capsys)
+    assert code == 0 and "evaluated 9 of the 10 images listed" in out.out, out.err

@@ -217,6 +217,7 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
         normalize_on_device = paddle.device.get_device().startswith("gpu")
     # Plans of several batch operators in a row would not compose: those mix in the workers.
     normalize = split_normalize(dataset) if normalize_on_device and len(batch_ops) <= 1 else None
+    dataset.settle_output_shape()  # with the operators the workers will run
     num_workers = int(loader_args.get("num_workers", 0))
     use_shared_memory = bool(loader_args.get("use_shared_memory", True))
     if use_shared_memory and num_workers > 0:

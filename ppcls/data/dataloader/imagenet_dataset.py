@@ -99,6 +99,7 @@ class ImageNetDataset(paddle.io.Dataset):
         self.ops = fuse(build_transforms(transform_ops, "DataLoader.*.dataset.transform_ops"))
         # PaddleClas datasets hand out CHW images; configs end with an HWC NormalizeImage.
         self.transpose = not any(isinstance(op, ToCHWImage) for op in self.ops)
+        self.output_shape = None  # (shape, where): see settle_output_shape
 
     def where(self, index):
         return f"{self.cls_label_path}:{self.line_numbers[index]}"
@@ -138,12 +139,30 @@ class ImageNetDataset(paddle.io.Dataset):
     def __len__(self):
         return len(self.images)
 
+    def settle_output_shape(self, tries=16):
+        """Fix the shape every sample must come out at: the first readable listed image's,
+        once the loader has its final operators. Without it, an image the operators leave
+        at another size would fail np.stack in the loader's collate, and Paddle's DataLoader
+        hangs on an exception there; with it, that image is a bad sample naming its file."""
+        self.output_shape = None
+        for index in range(min(len(self), tries)):
+            image = self[(index, 0)][0]
+            if image is not None:
+                self.output_shape = (image.shape, self.where(index))
+                return
+
     def load(self, index, seed):
         path = self.images[index]
         with open(path, "rb") as f:
             data = f.read()
         img = apply_transforms(self.ops, data, random.Random(seed))
-        return img.transpose(2, 0, 1) if self.transpose else img
+        img = img.transpose(2, 0, 1) if self.transpose else img
+        if self.output_shape is not None and img.shape != self.output_shape[0]:
+            shape, where = self.output_shape
+            raise ValueError(f"the transform ops make it {list(img.shape)}, but the first image "
+                             f"({where}) {list(shape)}: add ResizeImage and CropImage to them so "
+                             "that every image comes out one size")
+        return img
 
     def __getitem__(self, item):
         """(image, label, seed, problem). When the file cannot be read or decoded, image is
