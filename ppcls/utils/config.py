@@ -164,7 +164,8 @@ def _one_line(err):
                 "the file as UTF-8")
     mark = getattr(err, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    return where + shown(str(getattr(err, "problem", None) or err).strip())[1:-1]
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    return where + (problem if len(problem) <= 160 else problem[:160] + "...")
 
 
 def parse_override(text):
