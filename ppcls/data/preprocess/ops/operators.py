@@ -105,7 +105,7 @@ def parse_number(value, key="value"):
 # ------------------------------------------------------------------ the pixel cap
 # Every image's width x height is checked from its header before it is decoded. The
 # default, 2**27 (134 MPix, 384 MiB as 8-bit RGB), is 1.5x Pillow's MAX_IMAGE_PIXELS:
-# it admits the 100-MPix frames of medium-format cameras (11648x8736), while a 100 KB
+# it admits the 100-MPix frames of medium-format cameras (11648x8736), while a 140 KB
 # PNG of 12000x12000 (432 MB decoded, 1.7 GB as float32) is refused.
 DEFAULT_MAX_PIXELS = 2**27
 MAX_PIXELS_LIMIT = 2**30  # OpenCV refuses to decode larger images anyway
