@@ -25,7 +25,7 @@ class _Loader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node)
-        count = sum(c.isdigit() for c in text)
+        count = sum(c.isalnum() for c in text)  # hexadecimal and 0x prefixes count too
         if count > MAX_INTEGER_DIGITS:
             raise yaml.constructor.ConstructorError(
                 None, None, f"an integer of {count} digits is too long", node.start_mark)
@@ -269,9 +269,13 @@ def check_numbers(value, source, path=""):
         for index, item in enumerate(value):
             check_numbers(item, source, f"{path}.{index}")
     elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: {path} must be a finite number, got {shown(value)}")
+        raise ConfigError(f"{source}: {_cut(path)} must be a finite number, got {shown(value)}")
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT64_LIMIT:
-        raise ConfigError(f"{source}: {path}: {shown(value)} is too large")
+        raise ConfigError(f"{source}: {_cut(path)}: {shown(value)} is too large")
+
+
+def _cut(key_path, limit=120):
+    return key_path if len(key_path) <= limit else key_path[:limit] + "..."
 
 
 def resolve_class_num(config, source="config"):
