@@ -18,7 +18,7 @@ from ppcls.loss import build_loss
 from ppcls.metric import build_metrics
 from ppcls.optimizer import check_optimizer
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError, unknown
+from ppcls.utils.errors import ConfigError, shown, unknown
 from ppcls.utils.factory import check, create_list, split_spec
 
 INFER_KEYS = ("infer_imgs", "batch_size", "transforms", "PostProcess", "save_path")
@@ -49,7 +49,7 @@ def check_config(config, source):
 def _check_global(values):
     for key, (supported, why) in UPSTREAM_GLOBAL.items():
         if values.get(key, supported) != supported:
-            raise ConfigError(f"Global.{key}: {values[key]!r} is not supported ({why})")
+            raise ConfigError(f"Global.{key}: {shown(values[key])} is not supported ({why})")
     if values.get("auto_cast") not in (None, "null"):
         logger.warning("Global.auto_cast=%s has no effect here (TIPC's switch, which the chain "
                        "script turns into AMP keys): set AMP.use_amp and AMP.level to train "

@@ -1,9 +1,16 @@
 """Prediction over image files, shared by `tools/infer.py` (dygraph) and the deployed
-predictor (`deploy/python/predict_cls.py`): they differ only in `run_batch`.
+predictor (`deploy/python/predict_cls.py`): they differ only in `run_batch`, a ModelRunner.
 
 Each file is read and preprocessed alone, so a missing, unreadable or non-image file gives
 its own result {'file_name': ..., 'error': ...} while the others are still predicted.
-Results come back in file order.
+Results come back in file order, and each is the image's own:
+- an image whose preprocessed size is not the model's input size (the exported program's,
+  or Global.image_shape in dygraph) is resized to it, whole (one log line counts them);
+  a model that leaves H and W open takes each image at its own size;
+- a batch is only ever formed of images of one size;
+- the runner checks what goes in and what comes out (N rows of probabilities for N
+  images), and an engine failure on a batch is retried image by image: an image it still
+  fails on gets an error result naming the engine's error.
 """
 
 import json
@@ -11,15 +18,16 @@ import os
 import random
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
-import yaml
-
+from ppcls.data.postprocess import build_postprocess
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.config import check_numbers, load_yaml
+from ppcls.utils.errors import ConfigError, shown, unknown
 from ppcls.export.model_files import (INFERENCE_CONFIG, LEGACY_PROGRAM, find_model_files,
-                                      find_onnx_file)
+                                      find_onnx_file, program_input_shape)
 
 # PaddleClas's inference keys (accepted even where they have no effect here) and ours.
 DEPLOY_DEFAULTS = {
@@ -30,17 +38,51 @@ DEPLOY_DEFAULTS = {
     "save_path": None, "save_log_path": None, "use_onnx": False,
 }
 
+# The sections of PaddleClas's inference.yml and their keys (None: checked by their builder).
+# Hpi is PaddleX's high-performance inference settings (TensorRT dynamic shapes).
+INFERENCE_YML_KEYS = {"Global": ("model_name",), "PreProcess": ("transform_ops",),
+                      "PostProcess": None, "Hpi": None}
+
+
+def read_inference_config(path):
+    """The `inference.yml` export wrote beside a model, checked as a config is: one line
+    naming the file for broken YAML, an unknown section or key (with a did-you-mean), or
+    a value its transform ops or post-processes refuse."""
+    exported = load_yaml(path)
+    if not isinstance(exported, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for section, values in exported.items():
+        if section not in INFERENCE_YML_KEYS:
+            raise ConfigError(f"{path}: {unknown('section', section, list(INFERENCE_YML_KEYS))}")
+        keys = INFERENCE_YML_KEYS[section]
+        if keys is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping")
+        for key in values:
+            if key not in keys:
+                raise ConfigError(f"{path}: {section}: {unknown('key', key, keys)}")
+    check_numbers(exported, path)
+    if "Hpi" in exported:
+        logger.info(f"{path}: Hpi (PaddleX's high-performance inference settings) has no effect here")
+    build_transforms((exported.get("PreProcess") or {}).get("transform_ops"),
+                     f"{path}: PreProcess.transform_ops")
+    if exported.get("PostProcess"):
+        build_postprocess(exported["PostProcess"], f"{path}: PostProcess")
+    return exported
+
+
 def apply_inference_config(config, where):
     """Completes a deploy config from the `inference.yml` that export wrote beside the model:
     its PreProcess.transform_ops unless the deploy config gives its own, and its PostProcess
     entries under the deploy config's (an explicit value wins; an explicit class_id_map_file
     replaces the exported label_list)."""
     path = os.path.join(config["Global"]["inference_model_dir"], INFERENCE_CONFIG)
-    exported = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            exported = yaml.safe_load(f) or {}
-    if not (config.get("PreProcess") or {}).get("transform_ops"):
+    exported = read_inference_config(path) if os.path.isfile(path) else {}
+    own_ops = (config.get("PreProcess") or {}).get("transform_ops")
+    if own_ops:
+        build_transforms(own_ops, f"{where}: PreProcess.transform_ops")  # name the file
+    else:
         ops = (exported.get("PreProcess") or {}).get("transform_ops")
         if not ops:
             raise ConfigError(f"{where}: no PreProcess.transform_ops, and {path} does not exist "
@@ -78,20 +120,56 @@ def list_images(path):
 
 
 class Preprocessor:
-    """Inference transforms. Decoding comes first: the deploy config's transform_ops start
-    after it (PaddleClas's deploy decodes itself), so DecodeImage is added when absent."""
+    """From an image file to what the model takes. Decoding comes first: the deploy config's
+    transform_ops start after it (PaddleClas's deploy decodes itself), so DecodeImage is
+    added when absent. `input_shape`: the model's (C, H, W), None for a dimension it leaves
+    open (None: not known); an image the transforms leave at another H x W is resized to it,
+    whole, and listed in `resized`."""
 
-    def __init__(self, transform_ops, where):
+    def __init__(self, transform_ops, where, input_shape=None):
         ops = build_transforms(transform_ops, where)
         if not ops or not isinstance(ops[0], DecodeImage):
             ops.insert(0, DecodeImage(to_rgb=True))
         self.ops = ops
+        self.input_shape = tuple(input_shape) if input_shape else (None, None, None)
+        self.resized = []  # (file, (height, width) before resizing)
         self._rng = random.Random(0)  # inference ops are deterministic; kept for the signature
 
     def __call__(self, path):
         with open(path, "rb") as f:
             data = f.read()
-        return apply_transforms(self.ops, data, self._rng)
+        return self.fit(apply_transforms(self.ops, data, self._rng), path)
+
+    def fit(self, image, path):
+        channels, height, width = self.input_shape
+        if image.ndim != 3 or (channels is not None and image.shape[0] != channels):
+            expected = f"[{channels or 'C'}, H, W]"
+            raise ValueError(f"preprocessed to shape {list(image.shape)} but the model takes "
+                             f"{expected}: end the transform ops with ToCHWImage")
+        target = (height or image.shape[1], width or image.shape[2])
+        if target == image.shape[1:]:
+            return image
+        self.resized.append((path, image.shape[1:]))
+        return resize_chw(image, target)
+
+    def log_resized(self, total):
+        """One line for the images `fit` resized since `resized` was last cleared."""
+        if self.resized:
+            (path, (height, width)), (_, target_h, target_w) = self.resized[0], self.input_shape
+            logger.warning(f"resized {len(self.resized)} of {total} images to the model's "
+                           f"{target_h}x{target_w} input, whole (first: {path}, {height}x{width} after "
+                           "the transform ops); add ResizeImage and CropImage to them to choose how")
+
+
+def resize_chw(image, size):
+    """A CHW image resized to (height, width): area filter when shrinking, bilinear when
+    enlarging. Both weigh pixels by fractions summing to 1, so resizing a normalised image
+    equals normalising the resized one."""
+    height, width = size
+    shrinking = height <= image.shape[1] and width <= image.shape[2]
+    hwc = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float32)
+    out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return out.reshape(height, width, -1).transpose(2, 0, 1)
 
 
 def _describe(err):
@@ -103,30 +181,49 @@ def _describe(err):
 
 
 def predict_files(files, preprocess, run_batch, postprocess, batch_size=1):
-    """Returns one result per file, in order; `run_batch(array [N, C, H, W]) -> probs`."""
+    """Returns one result per file, in order; `run_batch(array [N, C, H, W]) -> probs`.
+    A batch holds images of one size; see the module's docstring."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    results, pending = [], []  # pending: (position, file, image)
+    results, pending = [None] * len(files), []  # pending: (position, file, image)
+    preprocess.resized.clear()
 
     def flush():
-        if pending:
-            probs = run_batch(np.stack([image for _, _, image in pending]).astype(np.float32))
-            for (position, _, _), result in zip(pending, postprocess(probs, [f for _, f, _ in pending])):
-                results[position] = result
-            pending.clear()
+        for position, result in _predict_batch(pending, run_batch, postprocess):
+            results[position] = result
+        pending.clear()
 
-    for file in files:
-        results.append(None)
+    for position, file in enumerate(files):
         try:
             image = preprocess(file)
         except (OSError, ValueError) as err:
-            results[-1] = {"file_name": file, "error": _describe(err)}
+            results[position] = {"file_name": file, "error": _describe(err)}
             continue
-        pending.append((len(results) - 1, file, image))
+        if pending and pending[0][2].shape != image.shape:
+            flush()  # a model that takes any size: a batch per size
+        pending.append((position, file, image))
         if len(pending) == batch_size:
             flush()
     flush()
+    preprocess.log_resized(len(files))
     return results
+
+
+def _predict_batch(batch, run_batch, postprocess):
+    """(position, result) for each image of `batch`. If the engine fails on the batch, each
+    image is run alone, so that an image it cannot take costs only its own result."""
+    if not batch:
+        return []
+    files = [file for _, file, _ in batch]
+    try:
+        probs = run_batch(np.stack([image for _, _, image in batch]).astype(np.float32))
+    except Exception as err:  # noqa: BLE001 - engines raise their own types; any is this batch's
+        if len(batch) > 1:
+            return [item for one in batch for item in _predict_batch([one], run_batch, postprocess)]
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logger.warning(f"{files[0]}: prediction failed: {reason}")
+        return [(batch[0][0], {"file_name": files[0], "error": f"prediction failed: {reason}"})]
+    return list(zip((position for position, _, _ in batch), postprocess(probs, files)))
 
 
 def print_results(results):
@@ -136,15 +233,48 @@ def print_results(results):
 
 def save_results(results, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------- backends
-# Each takes the deploy config's Global section and returns run_batch(images) -> probs.
+# Each takes the deploy config's Global section and returns a ModelRunner.
+
+class EngineError(RuntimeError):
+    """An engine was given a batch its model does not take, or answered with the wrong shape."""
+
+
+class ModelRunner:
+    """run_batch(images [N, C, H, W] float32) -> probabilities [N, class_num], checked on
+    both sides: the batch must have the model's `input_shape` ((C, H, W), None for a
+    dimension the model leaves open), and the answer one finite row per image, as many
+    columns as the first answer. (Given another size, OpenVINO logs its error and hands
+    back the previous batch's output.)"""
+
+    def __init__(self, run, input_shape, engine):
+        self.run, self.engine = run, engine
+        self.input_shape = tuple(input_shape) if input_shape else (None, None, None)
+        self.class_num = None
+
+    def __call__(self, images):
+        expected = self.input_shape
+        if images.ndim != 4 or any(e is not None and e != got for e, got in zip(expected, images.shape[1:])):
+            dims = ", ".join(str(d) for d in ("N", *(e or "?" for e in expected)))
+            raise EngineError(f"{self.engine} takes [{dims}] images, got {list(images.shape)}")
+        probs = np.asarray(self.run(images))
+        wrong = (probs.ndim != 2 or probs.shape[0] != len(images)
+                 or (self.class_num is not None and probs.shape[1] != self.class_num))
+        if wrong:
+            raise EngineError(f"{self.engine} answered a batch of {len(images)} with an array of "
+                              f"shape {list(probs.shape)}")
+        if not np.all(np.isfinite(probs)):
+            raise EngineError(f"{self.engine} answered with probabilities that are not finite")
+        self.class_num = probs.shape[1]
+        return probs
+
 
 def paddle_runner(g):
-    """A function running one batch through Paddle Inference."""
+    """A ModelRunner of Paddle Inference."""
     from paddle import inference
 
     model_dir = g["inference_model_dir"]
@@ -177,7 +307,8 @@ def paddle_runner(g):
         predictor.run()
         return output_handle.copy_to_cpu()
 
-    return run_batch
+    engine_name = f"Paddle Inference ({engine or 'gpu'})"
+    return ModelRunner(run_batch, program_input_shape(model_dir), engine_name)
 
 
 def _paddle_config(g, model_dir, engine):
@@ -428,12 +559,14 @@ def onnxruntime_runner(g):
         raise ConfigError("Global.use_gpu: ONNX Runtime could not start its CUDA provider (are "
                           "the CUDA and cuDNN libraries onnxruntime-gpu needs installed?); set "
                           "-o Global.use_gpu=False to run on the CPU")
-    input_name = session.get_inputs()[0].name
+    model_input = session.get_inputs()[0]
 
     def run_batch(images):
-        return session.run(None, {input_name: images})[0]
+        return session.run(None, {model_input.name: images})[0]
 
-    return run_batch
+    # a dimension left open is named ('p2o.DynamicDimension.0') or None, not an int
+    dims = [d if isinstance(d, int) and d > 0 else None for d in model_input.shape]
+    return ModelRunner(run_batch, dims[1:] if len(dims) == 4 else None, "ONNX Runtime")
 
 
 def onnxruntime_providers(g):
@@ -493,5 +626,5 @@ def backend_of(g):
     (load <inference_model_dir>/inference.onnx) is our `backend: onnxruntime`."""
     backend = "onnxruntime" if g.get("use_onnx") else g["backend"]
     if backend not in RUNNERS:
-        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {backend!r}")
+        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {shown(backend)}")
     return backend

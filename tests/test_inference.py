@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import QUICK_START, ROOT, digits_overrides
 from ppcls.engine.engine import Engine
 from ppcls.export.inference_model import export_inference_model
 from ppcls.export.onnx_model import export_onnx
+from ppcls.utils.cli import run
 from ppcls.utils.config import get_config
 from ppcls.utils.errors import ConfigError
 from ppcls.weights import read_state_dict
@@ -26,12 +28,11 @@ import predict_cls  # noqa: E402
 DEPLOY_CONFIG = os.path.join(ROOT, "deploy", "configs", "inference_digits.yaml")
 
 
-@pytest.fixture(scope="module")
-def exported(digits, tmp_path_factory):
-    """A briefly trained quick-start model, exported to Paddle Inference and ONNX, plus a
+def train_and_export(digits, root, extra=()):
+    """The quick-start model trained briefly, exported to Paddle Inference and ONNX, plus a
     folder of 5 val images."""
-    root = tmp_path_factory.mktemp("exported")
-    overrides = digits_overrides(digits, root / "train", epochs=2, extra=["Global.eval_during_train=False"])
+    overrides = digits_overrides(digits, root / "train", epochs=2,
+                                 extra=["Global.eval_during_train=False", *extra])
     Engine(get_config(QUICK_START, overrides), "train").train()
     weights = root / "train" / "MnasNet_B1_x0_5" / "latest"
     config = get_config(QUICK_START, overrides + [f"Global.pretrained_model={weights}",
@@ -45,6 +46,22 @@ def exported(digits, tmp_path_factory):
         shutil.copy(digits / rel, images / f"img{i}.png")
     return {"weights": weights, "model_dir": root / "inference", "images": images,
             "digits": digits, "root": root}
+
+
+@pytest.fixture(scope="module")
+def exported(digits, tmp_path_factory):
+    """Trained for 12 steps on 96 images: enough to run, not to tell images apart."""
+    return train_and_export(digits, tmp_path_factory.mktemp("exported"))
+
+
+@pytest.fixture(scope="module")
+def discerning(digits, tmp_path_factory):
+    """Trained for 180 steps on the whole training list: its BatchNorm statistics settle,
+    so its answers differ from image to image (after `exported`'s 12 steps, the running
+    variances still shrink the signal about tenfold per stage, and every image gets the
+    same probabilities to 5 decimals)."""
+    return train_and_export(digits, tmp_path_factory.mktemp("discerning"), extra=[
+        f"DataLoader.Train.dataset.cls_label_path={digits}/train_list.txt"])
 
 
 def run_infer(exported, images, save_path, batch_size=2):
@@ -363,3 +380,172 @@ def test_int8_models_mostly_agree_with_fp32(exported, tmp_path, monkeypatch, cap
     assert not is_int8_model(str(model_dir / "inference.pdmodel"))
     # the quantized folder describes itself too, and an FP32 folder refuses use_int8
     assert (quant_dir / "inference.yml").read_text() == (model_dir / "inference.yml").read_text()
+
+
+# ------------------------------------- images the model does not take as they come
+ENGINES = {"openvino": ("paddle", ()), "onednn": ("paddle", ("-o", "Global.use_openvino=False")),
+           "onnxruntime": ("onnxruntime", ())}
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(discerning, tmp_path_factory):
+    """Six other val digits, at 32, 48 and 64 px (upscaled), in one folder."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("mixed_sizes")
+    val = (discerning["digits"] / "val_odd.txt").read_text().split()[::2][5:11]
+    for i, (rel, side) in enumerate(zip(val, (32, 48, 64, 32, 64, 48))):
+        image = cv2.imread(str(discerning["digits"] / rel))
+        cv2.imwrite(str(folder / f"img{i}_{side}px.png"), cv2.resize(image, (side, side)))
+    return folder
+
+
+def assert_same_results(results, expected, atol):
+    assert [r["file_name"] for r in results] == [r["file_name"] for r in expected]
+    for mine, own in zip(results, expected):
+        assert mine["class_ids"] == own["class_ids"], (mine, own)
+        np.testing.assert_allclose(mine["scores"], own["scores"], atol=atol)
+
+
+def test_each_image_of_another_size_gets_its_own_result(discerning, mixed_sizes, tmp_path, capsys):
+    """A 32 px model asked about 48 and 64 px images, by every engine at batch 1 and 2 and by
+    tools/infer.py: each image's result is the one it gets alone (its own, resized to 32x32)."""
+    exported = discerning
+    files = sorted(mixed_sizes.iterdir())
+    alone = [run_predictor(exported, f, tmp_path / "alone.json", batch_size=1)[0] for f in files]
+    assert len({tuple(r["scores"]) for r in alone}) == len(files)  # so a swap would show
+    for engine, (backend, extra) in ENGINES.items():
+        for batch_size in (1, 2):
+            capsys.readouterr()
+            results = run_predictor(exported, mixed_sizes, tmp_path / "r.json", backend,
+                                    batch_size=batch_size, extra=extra)
+            assert_same_results(results, [{**r, "file_name": str(f)} for r, f in zip(alone, files)],
+                                atol=2e-4)
+            said = capsys.readouterr()
+            assert (said.out + said.err).count("resized 4 of 6 images to the model's 32x32 input") == 1
+    dygraph = run_infer(exported, mixed_sizes, tmp_path / "dy.json", batch_size=2)
+    assert_same_results(dygraph, [{**r, "file_name": str(f)} for r, f in zip(alone, files)], atol=2e-4)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_batch_of_another_shape_raises_instead_of_answering(exported, engine):
+    """OpenVINO used to log its error and hand back the previous batch's probabilities."""
+    from ppcls.inference import EngineError
+
+    backend, extra = ENGINES[engine]
+    g = {**predict_cls.DEPLOY_DEFAULTS, "inference_model_dir": str(exported["model_dir"]),
+         **({"use_openvino": False} if extra else {})}
+    run_batch = predict_cls.RUNNERS[backend](g)
+    assert run_batch.input_shape == (3, 32, 32)
+    assert run_batch(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+    with pytest.raises(EngineError, match=r"takes \[N, 3, 32, 32\] images, got \[1, 3, 48, 48\]"):
+        run_batch(np.zeros((1, 3, 48, 48), np.float32))
+
+
+def test_a_model_taking_any_size_runs_each_size_in_batches_of_its_own(discerning, mixed_sizes, tmp_path):
+    """Exported with H and W left open, the model runs each image at its own size, and a
+    batch is never formed of images of two sizes."""
+    from ppcls.engine.export import InferenceModel, build_inference_network
+
+    exported = discerning
+    config = get_config(QUICK_START, digits_overrides(exported["digits"], tmp_path) + [
+        f"Global.pretrained_model={exported['weights']}"])
+    model_dir = tmp_path / "any_size"
+    spec = paddle.static.InputSpec([None, 3, None, None], "float32", name="x")
+    paddle.jit.save(InferenceModel(build_inference_network(config)), str(model_dir / "inference"),
+                    input_spec=[spec])
+    shutil.copy(exported["model_dir"] / "inference.yml", model_dir)
+    files = sorted(mixed_sizes.iterdir())
+    alone = [run_predictor(exported, f, tmp_path / "a.json", batch_size=1, model_dir=model_dir)[0]
+             for f in files]
+    together = run_predictor(exported, mixed_sizes, tmp_path / "t.json", batch_size=2, model_dir=model_dir)
+    assert_same_results(together, [{**r, "file_name": str(f)} for r, f in zip(alone, files)], atol=1e-5)
+    at_32 = run_predictor(exported, mixed_sizes, tmp_path / "32.json", batch_size=2)
+    assert [r["scores"] for r in together] != [r["scores"] for r in at_32]  # not resized here
+
+
+def test_a_png_bomb_in_the_folder_gets_an_error_and_the_others_their_results(exported, tmp_path):
+    from conftest import write_png_bomb
+
+    folder = tmp_path / "with_bomb"
+    shutil.copytree(exported["images"], folder)
+    write_png_bomb(folder / "img2b_bomb.png")
+    for run in (run_predictor, run_infer):
+        for batch_size in (2, 1):
+            results = run(exported, folder, tmp_path / "r.json", batch_size=batch_size)
+            assert len(results) == 6
+            errors = {os.path.basename(r["file_name"]): r["error"] for r in results if "error" in r}
+            assert set(errors) == {"img2b_bomb.png"}, errors
+            assert re.search(r"12000x12000 pixels .*over the pixel cap of 134217728", errors["img2b_bomb.png"])
+
+
+def predictor_peak_rss_mb(exported, images, tmp_path):
+    """Peak memory (MB) of a predictor process on `images`, measured inside it."""
+    argv = ["predict_cls.py", "-c", DEPLOY_CONFIG, "-o", f"Global.inference_model_dir={exported['model_dir']}",
+            "-o", f"Global.infer_imgs={images}", "-o", f"Global.save_path={tmp_path / 'p.json'}"]
+    code = ("import resource, runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    runpy.run_path('deploy/python/predict_cls.py', run_name='__main__')\n"
+            "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.split("PEAK")[-1]) / 1024
+
+
+def test_a_png_bomb_costs_the_predictor_no_memory(exported, tmp_path):
+    """Decoded, the bomb alone would take 432 MB (and its float32 copy 1.7 GB)."""
+    from conftest import write_png_bomb
+
+    folder = tmp_path / "with_bomb"
+    shutil.copytree(exported["images"], folder)
+    write_png_bomb(folder / "img2b_bomb.png")
+    with_bomb = predictor_peak_rss_mb(exported, folder, tmp_path)
+    without = predictor_peak_rss_mb(exported, exported["images"], tmp_path)
+    assert with_bomb - without < 100, (with_bomb, without)
+
+
+# -------------------------------------------------------- inference.yml checked
+def predictor_cli(exported, model_dir, capsys, extra=()):
+    code = run(predict_cls.main, predict_cls.parse_args([
+        "-c", DEPLOY_CONFIG, "-o", f"Global.inference_model_dir={model_dir}",
+        "-o", f"Global.infer_imgs={exported['images']}", *extra]))
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("PreProcess:\n", "PreProcess: [\n", "not valid YAML (line "),
+    ("transform_ops:", "transform_opts:", "PreProcess: unknown key 'transform_opts' (did you mean "
+     "'transform_ops'?)"),
+    ("PostProcess:", "PostProces:", "unknown section 'PostProces' (did you mean 'PostProcess'?)"),
+    ("model_name:", "model_nam:", "Global: unknown key 'model_nam' (did you mean 'model_name'?)"),
+    ("  - ToCHWImage: null", "  - ResizeImage:\n      size: 0\n  - ToCHWImage: null",
+     "PreProcess.transform_ops.1.ResizeImage: size must be a positive integer"),
+    ("  - ToCHWImage: null", "  - ResizeImage:\n      size: -5\n  - ToCHWImage: null",
+     "PreProcess.transform_ops.1.ResizeImage: size must be a positive integer"),
+    ("    topk: 3", "    top_k: 3", "PostProcess.Topk: unknown argument 'top_k' (did you mean 'topk'?)"),
+], ids=["broken", "unknown-key", "unknown-section", "unknown-global-key", "size-0", "size-negative",
+        "unknown-argument"])
+def test_a_bad_inference_yml_is_one_line_naming_it(exported, tmp_path, capsys, old, new, message):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], model_dir)
+    path = model_dir / "inference.yml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    code, out = predictor_cli(exported, model_dir, capsys)
+    assert code == 2
+    assert out.err.startswith(f"error: {path}: ") and out.err.count("\n") == 1, out.err
+    assert message in out.err, out.err
+
+
+def test_paddlex_hpi_settings_in_inference_yml_are_named_and_run(exported, tmp_path, capsys):
+    """PaddleX writes an Hpi section (TensorRT dynamic shapes); it has no effect here."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["model_dir"], model_dir)
+    path = model_dir / "inference.yml"
+    path.write_text("Hpi:\n  backend_configs:\n    paddle_infer:\n      trt_dynamic_shapes:\n"
+                    "        x: [[1, 3, 32, 32], [1, 3, 32, 32], [8, 3, 32, 32]]\n" + path.read_text())
+    code, out = predictor_cli(exported, model_dir, capsys)
+    assert code == 0, out.err
+    assert "Hpi (PaddleX's high-performance inference settings) has no effect here" in out.out + out.err

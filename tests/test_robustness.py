@@ -294,10 +294,11 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(digits, tm
     latest = tmp_path / ARCH_DIR / "latest"
     before = {ext: (latest.parent / (latest.name + ext)).read_bytes()
               for ext in (".pdparams", ".pdopt", ".pdstates")}
-    # Resume with a normalisation that divides by zero: the inputs, then the loss, are NaN.
+    # Resume with inputs of about 1e37 (std 0, which this test used, is now refused up front):
+    # the first convolution overflows float32, then the loss is NaN.
     code, out = run_cli(train_tool, args + [
         "-o", f"Global.checkpoints={latest}",
-        "-o", "DataLoader.Train.dataset.transform_ops.2.NormalizeImage.std=[0, 0, 0]"], capsys)
+        "-o", "DataLoader.Train.dataset.transform_ops.2.NormalizeImage.scale=1e35"], capsys)
     assert code == 1
     assert re.fullmatch(r"error: the loss became nan at epoch 2, iteration \d+: training stopped\. "
                         r"The last checkpoint, .*latest \(epoch 1, iteration 6\), is unchanged\. "

@@ -16,8 +16,8 @@ import paddle  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
 from ppcls.export.inference_model import InferenceModel, build_inference_network  # noqa: E402
-from ppcls.inference import (Preprocessor, list_images, predict_files, print_results,  # noqa: E402
-                             save_results)
+from ppcls.inference import (ModelRunner, Preprocessor, list_images, predict_files,  # noqa: E402
+                             print_results, save_results)
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config, parse_args  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
@@ -37,12 +37,16 @@ def main(args):
     transforms = network.eval_transforms(infer.get("transforms"), "Infer.transforms")
     model = InferenceModel(network)
 
-    def run_batch(images):
+    def run(images):
         with paddle.no_grad():
             return model(paddle.to_tensor(images)).numpy()
 
+    # the input the export would fix: images of other sizes are resized to it, as the
+    # deployed predictor does, so both answer alike
+    input_shape = config["Global"]["image_shape"]
     results = predict_files(list_images(infer["infer_imgs"]),
-                            Preprocessor(transforms, "Infer.transforms"), run_batch,
+                            Preprocessor(transforms, "Infer.transforms", input_shape),
+                            ModelRunner(run, input_shape, "dygraph"),
                             build_postprocess(infer.get("PostProcess"), "Infer.PostProcess"),
                             int(infer.get("batch_size", 1)))
     print_results(results)

@@ -25,8 +25,9 @@ from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, apply_infer
                              save_results)
 from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
-from ppcls.utils.config import load_yaml, apply_override, parse_override, parse_args  # noqa: E402
-from ppcls.utils.errors import ConfigError, unknown  # noqa: E402
+from ppcls.utils.config import (INT32_MAX, apply_override, check_numbers, load_yaml,  # noqa: E402
+                                parse_args, parse_override)
+from ppcls.utils.errors import ConfigError, shown, unknown  # noqa: E402
 
 SECTIONS = ("Global", "PreProcess", "PostProcess")
 
@@ -38,9 +39,14 @@ def load_config(path, overrides):
     for section in config:
         if section not in SECTIONS:
             raise ConfigError(f"{path}: {unknown('section', section, SECTIONS)}")
+    for key in config.get("PreProcess") or {}:
+        if key != "transform_ops":
+            raise ConfigError(f"{path}: PreProcess: {unknown('key', key, ['transform_ops'])}")
+    check_numbers(config, path)
     for key, value in (config.get("Global") or {}).items():
         if key not in DEPLOY_DEFAULTS:
             raise ConfigError(f"{path}: Global: {unknown('key', key, list(DEPLOY_DEFAULTS))}")
+        check_deploy_value(key, value, path)
     config["Global"] = g = {**DEPLOY_DEFAULTS, **(config.get("Global") or {})}
     for key in ("infer_imgs", "inference_model_dir"):
         if not g[key]:
@@ -54,9 +60,33 @@ def load_config(path, overrides):
     return apply_inference_config(config, path)
 
 
+# Largest deploy Global integers: a batch's images are all held at once.
+DEPLOY_MAXIMUMS = {"batch_size": 4096, "cpu_num_threads": 1024}
+
+
+def check_deploy_value(key, value, path):
+    """A Global value of the type of its default (a path, a list of paths or null where
+    that is null), and integers positive and bounded."""
+    default = DEPLOY_DEFAULTS[key]
+    if default is None:
+        valid = value is None or isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value))
+    elif isinstance(default, (bool, str)):
+        valid = isinstance(value, type(default))
+    else:
+        valid = (isinstance(value, int) and not isinstance(value, bool)
+                 and 1 <= value <= DEPLOY_MAXIMUMS.get(key, INT32_MAX))
+    if not valid:
+        kind = ("a path or null" if default is None else "true or false" if isinstance(default, bool)
+                else "a string" if isinstance(default, str)
+                else f"an integer from 1 to {DEPLOY_MAXIMUMS.get(key, INT32_MAX)}")
+        raise ConfigError(f"{path}: Global.{key} must be {kind}, got {shown(value)}")
+
+
 def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, repeats=20):
-    """Median milliseconds per image of each stage, over repeated runs of one batch."""
-    batch_files = (files * batch_size)[:batch_size]
+    """Median milliseconds per image of each stage, over repeated runs of one batch (of
+    the first image, so that a model taking any size gets a batch of one size)."""
+    batch_files = files[:1] * batch_size
     timings = {"preprocess": [], "inference": [], "postprocess": []}
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
@@ -78,15 +108,17 @@ def main(args):
     backend = backend_of(g)
     run_batch = RUNNERS[backend](g)
     preprocess = Preprocessor((config.get("PreProcess") or {}).get("transform_ops"),
-                              "PreProcess.transform_ops")
+                              "PreProcess.transform_ops", run_batch.input_shape)
     postprocess = build_postprocess(config.get("PostProcess"), "PostProcess")
     files = list_images(g["infer_imgs"])
     results = predict_files(files, preprocess, run_batch, postprocess, int(g["batch_size"]))
     print_results(results)
     if g["save_path"]:
         save_results(results, g["save_path"])
-    if g["benchmark"] or g["enable_benchmark"]:
-        readable = [f for f, r in zip(files, results) if "error" not in r]
+    readable = [f for f, r in zip(files, results) if "error" not in r]
+    if (g["benchmark"] or g["enable_benchmark"]) and not readable:
+        logger.warning("benchmark: no image could be predicted, so nothing was timed")
+    elif g["benchmark"] or g["enable_benchmark"]:
         ms = benchmark(readable, preprocess, run_batch, postprocess, int(g["batch_size"]))
         where = "GPU" if g["use_gpu"] else f"{g['cpu_num_threads']} threads"
         line = (f"benchmark ({backend}, {running_precision(g)}, batch {g['batch_size']}, "

@@ -31,14 +31,15 @@ from ppcls.utils.threads import set_default_threads  # noqa: E402
 set_default_threads()
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
-from ppcls.inference import Preprocessor  # noqa: E402
+from ppcls.inference import Preprocessor, read_inference_config  # noqa: E402
 from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
-from ppcls.export.model_files import INFERENCE_CONFIG, MODEL_FILES, PARAMS_FILE, find_model_files  # noqa: E402
+from ppcls.utils.text import read_lines  # noqa: E402
+from ppcls.export.model_files import (INFERENCE_CONFIG, MODEL_FILES, PARAMS_FILE,  # noqa: E402
+                                      find_model_files, program_input_shape)
 
 QUANT_DIR = "quant_post_static_model"
 LEGACY_MODEL = MODEL_FILES[1]  # inference.pdmodel
@@ -64,12 +65,11 @@ def calibration_batches(config, model_dir, batch_size, batch_nums):
     if not os.path.isfile(list_file):
         raise ConfigError(f"DataLoader.Eval.dataset.cls_label_path {list_file} not found: the "
                           "calibration images are the eval set's")
-    with open(list_file) as f:
-        files = [os.path.join(root, line.split()[0]) for line in f if line.strip()]
+    files = [os.path.join(root, line.split()[0]) for _, line in read_lines(list_file) if line.strip()]
     wanted = batch_size * batch_nums
     files = files[::max(1, len(files) // wanted)][:wanted]  # spread over the (sorted) classes
     ops = inference_transforms(config, model_dir)
-    preprocess = Preprocessor(ops, f"{model_dir}/{INFERENCE_CONFIG}")
+    preprocess = Preprocessor(ops, f"{model_dir}/{INFERENCE_CONFIG}", program_input_shape(model_dir))
     images = np.stack([preprocess(f) for f in files]).astype(np.float32)
     return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
 
@@ -77,8 +77,7 @@ def calibration_batches(config, model_dir, batch_size, batch_nums):
 def inference_transforms(config, model_dir):
     path = os.path.join(model_dir, INFERENCE_CONFIG)
     if os.path.isfile(path):
-        with open(path) as f:
-            return yaml.safe_load(f)["PreProcess"]["transform_ops"]
+        return read_inference_config(path)["PreProcess"]["transform_ops"]
     logger.warning(f"{path} not found: calibrating with DataLoader.Eval's transform_ops")
     return list(config["DataLoader"]["Eval"]["dataset"]["transform_ops"]) + [{"ToCHWImage": None}]
 

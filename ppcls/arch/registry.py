@@ -1,5 +1,7 @@
 """The one registry of model builders, looked up by `Arch.name`."""
 
+from ppcls.utils.errors import shown
+
 _BUILDERS = {}
 
 
@@ -23,6 +25,6 @@ def available_models():
 def get_model_builder(name):
     if name not in _BUILDERS:
         raise KeyError(
-            f"unknown Arch.name {name!r}; available models: {', '.join(available_models())}"
+            f"unknown Arch.name {shown(name)}; available models: {', '.join(available_models())}"
         )
     return _BUILDERS[name]

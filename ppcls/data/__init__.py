@@ -22,7 +22,7 @@ from ppcls.data.preprocess import BATCH_OPS, NormalizeImage, ToCHWImage
 from ppcls.data.preprocess.batch_ops import mix_images
 from ppcls.data.sampler import SAMPLERS
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError, DataError
+from ppcls.utils.errors import ConfigError, DataError, shown
 from ppcls.utils.factory import create, create_list, split_spec
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
@@ -211,12 +211,13 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
     loader_args = dict(section.get("loader") or {})
     for key in loader_args:
         if key not in LOADER_KEYS:
-            raise ConfigError(f"{where}.loader: unknown key {key!r}; allowed: "
+            raise ConfigError(f"{where}.loader: unknown key {shown(key)}; allowed: "
                               + ", ".join(LOADER_KEYS))
     if normalize_on_device is None:
         normalize_on_device = paddle.device.get_device().startswith("gpu")
     # Plans of several batch operators in a row would not compose: those mix in the workers.
     normalize = split_normalize(dataset) if normalize_on_device and len(batch_ops) <= 1 else None
+    dataset.settle_output_shape()  # with the operators the workers will run
     num_workers = int(loader_args.get("num_workers", 0))
     use_shared_memory = bool(loader_args.get("use_shared_memory", True))
     if use_shared_memory and num_workers > 0:

@@ -14,7 +14,8 @@ import shutil
 
 import numpy as np
 
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import ConfigError, shown, unknown
+from ppcls.utils.text import read_lines
 from ppcls.utils.factory import create, split_spec
 
 
@@ -23,16 +24,15 @@ def read_class_id_map(path):
     if not os.path.isfile(path):
         raise ConfigError(f"class_id_map_file not found: {path}")
     names = {}
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            class_id, _, name = line.partition(" ")
-            try:
-                names[int(class_id)] = name.strip()
-            except ValueError:
-                raise ConfigError(f"{path}:{line_no}: expected 'class_id name', got {line!r}") from None
+    for line_no, line in read_lines(path, ConfigError):
+        line = line.strip()
+        if not line:
+            continue
+        class_id, _, name = line.partition(" ")
+        try:
+            names[int(class_id)] = name.strip()
+        except ValueError:
+            raise ConfigError(f"{path}:{line_no}: expected 'class_id name', got {shown(line)}") from None
     return names
 
 
@@ -163,7 +163,10 @@ def build_postprocess(spec, where):
     main = spec.get("main_indicator") or (producing[0] if len(producing) == 1 else None)
     if main not in producing:
         raise ConfigError(f"{where}.main_indicator must name the post-process whose results are "
-                          f"returned, one of {producing or ['Topk', 'ThreshOutput']}; got {main!r}")
-    steps = [(n, create(POSTPROCESSES, n, dict(spec.get(n) or {}), f"{where}.{n}", kind="post-process"))
+                          f"returned, one of {producing or ['Topk', 'ThreshOutput']}; got {shown(main)}")
+    for name in names:  # named under its own key; create() adds the name to argument errors
+        if name not in POSTPROCESSES:
+            raise ConfigError(f"{where}.{name}: {unknown('post-process', name, sorted(POSTPROCESSES))}")
+    steps = [(n, create(POSTPROCESSES, n, dict(spec.get(n) or {}), where, kind="post-process"))
              for n in names]
     return PostProcesses(steps, main)

@@ -20,14 +20,14 @@ import math
 import numpy as np
 import paddle.distributed as dist
 
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import ConfigError, shown
 
 
 class DistributedBatchSampler:
     def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0,
                  pad=True, num_replicas=None, rank=None):
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"sampler.batch_size must be a positive integer, got {batch_size!r}")
+            raise ConfigError(f"sampler.batch_size must be a positive integer, got {shown(batch_size)}")
         self.dataset_size = len(dataset)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.pad = seed, pad

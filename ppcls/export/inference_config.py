@@ -12,7 +12,7 @@ from ppcls.utils.errors import ConfigError
 
 
 def write_inference_config(description, save_dir):
-    with open(os.path.join(save_dir, INFERENCE_CONFIG), "w") as f:
+    with open(os.path.join(save_dir, INFERENCE_CONFIG), "w", encoding="utf-8") as f:
         yaml.safe_dump(description, f, sort_keys=False, allow_unicode=True)
 
 

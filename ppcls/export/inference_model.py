@@ -50,9 +50,7 @@ def build_inference_network(config):
 
 
 def export_inference_model(config, save_dir):
-    shape = config["Global"]["image_shape"]
-    if len(shape) != 3:
-        raise ConfigError(f"Global.image_shape must be [C, H, W], got {shape}")
+    shape = config["Global"]["image_shape"]  # [3, H, W], checked with the config
     network = build_inference_network(config)
     model = InferenceModel(network)
     model.eval()

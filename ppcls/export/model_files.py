@@ -38,3 +38,56 @@ def find_onnx_file(model_dir):
             return path
     raise ConfigError(f"{os.path.join(model_dir, ONNX_FILE)} not found: create it with "
                       f"tools/export_onnx.py --model_dir {model_dir}")
+
+
+def program_input_shape(model_dir):
+    """(C, H, W) of the image input an exported Paddle program declares, None for each
+    dimension it leaves open; None when it cannot be read. The legacy program (protobuf)
+    is read when present, else the PIR program's JSON: both come from one InputSpec."""
+    legacy = os.path.join(model_dir, MODEL_FILES[1])
+    try:
+        if os.path.isfile(legacy):
+            return _legacy_input_shape(legacy)
+        return _pir_input_shape(os.path.join(model_dir, MODEL_FILES[0]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _image_dims(dims):
+    """[N, C, H, W] with -1 for open dimensions -> (C, H, W) with None for them."""
+    dims = [int(d) for d in dims]
+    if len(dims) != 4:
+        return None
+    return tuple(d if d > 0 else None for d in dims[1:])
+
+
+def _legacy_input_shape(path):
+    from google.protobuf.message import DecodeError
+    from paddle.base.proto import framework_pb2
+
+    program = framework_pb2.ProgramDesc()
+    with open(path, "rb") as f:
+        try:
+            program.ParseFromString(f.read())
+        except DecodeError:
+            return None
+    block = program.blocks[0]
+    fed = [op.outputs[0].arguments[0] for op in block.ops if op.type == "feed"]
+    variables = {v.name: v for v in block.vars}
+    if len(fed) != 1 or fed[0] not in variables:
+        return None
+    return _image_dims(variables[fed[0]].type.dense_tensor.tensor.dims)
+
+
+def _pir_input_shape(path):
+    """The shape attribute of the one `data` operation of a PIR program saved as JSON."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        program = json.load(f)["program"]
+    ops = program["regions"][0]["blocks"][0]["ops"]
+    inputs = [op for op in ops if str(op.get("#", "")).endswith(".data")]
+    if len(inputs) != 1:
+        return None
+    attributes = {a["N"]: a["AT"].get("D") for a in inputs[0]["A"]}
+    return _image_dims(attributes["shape"])

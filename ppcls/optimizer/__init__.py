@@ -16,7 +16,7 @@ import copy
 import paddle
 
 from ppcls.optimizer.learning_rate import SCHEDULES
-from ppcls.utils.errors import ConfigError, unknown
+from ppcls.utils.errors import ConfigError, shown, unknown
 from ppcls.utils.factory import check, create, split_spec
 
 
@@ -101,7 +101,7 @@ def _weight_decay(spec):
     coeff = args.get("coeff", 0.0)
     if not isinstance(coeff, (int, float)) or isinstance(coeff, bool) or coeff < 0:
         raise ConfigError(f"Optimizer.regularizer.{name}.coeff must be a number >= 0, got "
-                          f"{coeff!r}")
+                          f"{shown(coeff)}")
     return kinds[name](float(coeff))
 
 
@@ -133,7 +133,7 @@ def _split_optimizer(config, epochs, step_each_epoch):
     multi_precision = spec.pop("multi_precision", False)
     if not isinstance(multi_precision, bool):
         raise ConfigError(f"Optimizer.multi_precision must be true or false, got "
-                          f"{multi_precision!r}")
+                          f"{shown(multi_precision)}")
     name, args = split_spec(spec, "Optimizer")
     check(OPTIMIZERS, name, args, "Optimizer", kind="optimizer", injected=INJECTED)
     return name, args, lr, weight_decay, grad_clip, multi_precision

@@ -11,7 +11,7 @@ import math
 from paddle.optimizer import lr as paddle_lr
 
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError
+from ppcls.utils.errors import ConfigError, shown
 
 
 class WarmupSchedule(paddle_lr.LRScheduler):
@@ -38,7 +38,7 @@ class _Schedule:
     def __init__(self, epochs, step_each_epoch, learning_rate: float, warmup_epoch: float = 0,
                  warmup_start_lr: float = 0.0, last_epoch: int = -1, by_epoch: bool = False):
         if learning_rate is None or learning_rate < 0:
-            raise ConfigError(f"Optimizer.lr.learning_rate must be >= 0, got {learning_rate!r}")
+            raise ConfigError(f"Optimizer.lr.learning_rate must be >= 0, got {shown(learning_rate)}")
         self.learning_rate, self.by_epoch = float(learning_rate), by_epoch
         self.steps_per_unit = 1 if by_epoch else step_each_epoch
         self.warmup_steps = round(min(warmup_epoch, epochs) * self.steps_per_unit)

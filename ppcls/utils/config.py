@@ -6,25 +6,76 @@ the other sections are checked by the builders that read them (`ppcls.utils.fact
 
 import argparse
 import copy
+import math
 import os
 import re
 
 import yaml
 
-from ppcls.utils.errors import ConfigError, unknown
+from ppcls.utils.errors import ConfigError, shown, unknown
+
+MAX_YAML_BYTES = 16 << 20  # a config, deploy config or inference.yml (an ImageNet-22k label list is 0.5 MB)
+MAX_YAML_VALUES = 100_000  # values in a document once its aliases are written out
+MAX_INTEGER_DIGITS = 100  # longer integers are refused while parsing (Python's limit is 4300)
+
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` as a string; configs mean the number (PaddleClas accepts it)."""
+    """YAML 1.1 reads `1e-3` as a string; configs mean the number (PaddleClas accepts it).
+    Integers too long to be a setting are refused before Python converts them."""
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        count = sum(c.isalnum() for c in text)  # hexadecimal and 0x prefixes count too
+        if count > MAX_INTEGER_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {count} digits is too long", node.start_mark)
+        return super().construct_yaml_int(node)
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
-def yaml_load(text_or_stream):
-    return yaml.load(text_or_stream, Loader=_Loader)
+class YamlProblem(ConfigError):
+    """Why a YAML text cannot be used, phrased to follow "is" (the caller names the text)."""
+
+
+def _expanded_size(value, sizes):
+    """How many values `value` holds with every alias written out. An alias is the object
+    it names, so each distinct list or mapping is counted once: counting a billion laughs
+    costs what parsing it did."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    key = id(value)
+    if key in sizes:
+        if sizes[key] is None:
+            raise YamlProblem("not usable: an alias refers to a list or mapping that contains it")
+        return sizes[key]
+    sizes[key] = None  # being counted: meeting it again inside means it contains itself
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    sizes[key] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[key]
+
+
+def yaml_load(text):
+    """Parse YAML (a str, or bytes in UTF-8, or UTF-16 with a byte-order mark). Raises a
+    one-line YamlProblem for invalid YAML (with line and column), nesting too deep,
+    integers too long, and aliases that would expand past MAX_YAML_VALUES (the values a
+    user or an error message would otherwise walk)."""
+    try:
+        value = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise YamlProblem(f"not valid YAML ({_one_line(err)})") from None
+    except RecursionError:
+        raise YamlProblem("nested too deeply to be a config") from None
+    size = _expanded_size(value, {})
+    if size > MAX_YAML_VALUES:
+        raise YamlProblem(f"too large once its YAML aliases are written out (more than "
+                          f"{MAX_YAML_VALUES} values): write the values out, or use fewer aliases")
+    return value
 
 
 SECTIONS = ("Global", "AMP", "EMA", "Arch", "Loss", "Optimizer", "DataLoader", "Infer",
@@ -82,7 +133,14 @@ SCHEMAS = {"Global": GLOBAL_SCHEMA, "AMP": AMP_SCHEMA, "EMA": EMA_SCHEMA}
 # Smallest allowed value of numeric keys.
 MINIMUMS = {"Global.epochs": 1, "Global.save_interval": 1, "Global.eval_interval": 1,
             "Global.print_batch_step": 1, "Global.save_latest_steps": 0,
-            "Global.keep_checkpoint_max": 0, "Global.global_batch_size": 1}
+            "Global.keep_checkpoint_max": 0, "Global.global_batch_size": 1, "Global.seed": 0}
+# Largest allowed value of integer keys; the others are at most INT32_MAX (what Paddle's
+# integer attributes hold). A million epochs is far past any schedule, and keeps
+# epochs x iterations x seconds within what the ETA and the schedules compute with.
+INT32_MAX = 2**31 - 1
+MAXIMUMS = {"Global.epochs": 1_000_000, "Global.seed": 2**32 - 1, "class_num": 1_000_000}
+MAX_IMAGE_SIDE = 4096  # of Global.image_shape: the export's input and infer.py's resize target
+INT64_LIMIT = 2**63  # no integer of a config may reach it (Paddle and numpy would overflow)
 
 
 def type_names(types):
@@ -99,25 +157,29 @@ def is_instance(value, types):
 
 
 def _one_line(err):
-    """A YAML error on one line (its own text spans several, with a caret diagram)."""
+    """A YAML error on one line (its own text spans several, with a caret diagram); a text
+    that is not UTF-8 is named by its byte position."""
+    if isinstance(err, yaml.reader.ReaderError) and isinstance(err.character, int):
+        return (f"byte {err.position} is not UTF-8 (nor UTF-16 with a byte-order mark): re-save "
+                "the file as UTF-8")
     mark = getattr(err, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    return where + str(getattr(err, "problem", None) or err).strip()
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    return where + (problem if len(problem) <= 160 else problem[:160] + "...")
 
 
 def parse_override(text):
     """'Global.epochs=3' -> (['Global', 'epochs'], 3). Values are YAML scalars or lists."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like Key.sub.leaf=value")
+        raise ConfigError(f"override {shown(text)} must look like Key.sub.leaf=value")
     key, raw = text.split("=", 1)
     path = key.strip().split(".")
     if not all(path):
-        raise ConfigError(f"override {text!r}: empty key component in {key!r}")
+        raise ConfigError(f"override {shown(text)}: empty key component in {shown(key)}")
     try:
         value = yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML "
-                          f"({_one_line(err)})") from None
+    except YamlProblem as problem:
+        raise ConfigError(f"override {shown(text)}: value {shown(raw)} is {problem}") from None
     return path, value
 
 
@@ -164,15 +226,56 @@ def validate(config, source="config"):
             types = schema[key][0]
             if not is_instance(value, types):
                 raise ConfigError(f"{source}: {section}.{key} must be {type_names(types)}, "
-                                  f"got {value!r}")
-            least = MINIMUMS.get(f"{section}.{key}")
-            if least is not None and value is not None and value < least:
-                raise ConfigError(f"{source}: {section}.{key} must be at least {least}, "
-                                  f"got {value!r}")
+                                  f"got {shown(value)}")
+            check_range(f"{section}.{key}", value, source)
         config[section] = {k: values.get(k, copy.deepcopy(d)) for k, (_, d) in schema.items()}
     config.setdefault("Global", {k: copy.deepcopy(d) for k, (_, d) in GLOBAL_SCHEMA.items()})
+    check_image_shape(config["Global"]["image_shape"], source)
+    check_numbers(config, source)
     resolve_class_num(config, source)
     return config
+
+
+def check_range(name, value, source):
+    """A number of a typed section within MINIMUMS and MAXIMUMS (INT32_MAX for integers)."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    least = MINIMUMS.get(name)
+    most = MAXIMUMS.get(name, INT32_MAX if isinstance(value, int) else None)
+    if least is not None and value < least:
+        raise ConfigError(f"{source}: {name} must be at least {least}, got {shown(value)}")
+    if most is not None and value > most:
+        raise ConfigError(f"{source}: {name} must be at most {most}, got {shown(value)}")
+
+
+def check_image_shape(shape, source):
+    """[3, H, W]: the models take 3 channels, and H and W size the export's input and every
+    image tools/infer.py resizes to them."""
+    valid = (isinstance(shape, list) and len(shape) == 3 and shape[0] == 3
+             and all(is_instance(v, (int,)) and not isinstance(v, float) for v in shape)
+             and all(1 <= v <= MAX_IMAGE_SIDE for v in shape[1:]))
+    if not valid:
+        raise ConfigError(f"{source}: Global.image_shape must be [3, H, W] with H and W from 1 to "
+                          f"{MAX_IMAGE_SIDE}, got {shown(shape)}")
+
+
+def check_numbers(value, source, path=""):
+    """No number anywhere in a config is infinite, NaN, or an integer past int64: each would
+    make a wrong answer or a traceback far from the key that caused it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_numbers(item, source, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_numbers(item, source, f"{path}.{index}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {_cut(path)} must be a finite number, got {shown(value)}")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT64_LIMIT:
+        raise ConfigError(f"{source}: {_cut(path)}: {shown(value)} is too large")
+
+
+def _cut(key_path, limit=120):
+    return key_path if len(key_path) <= limit else key_path[:limit] + "..."
 
 
 def resolve_class_num(config, source="config"):
@@ -186,7 +289,10 @@ def resolve_class_num(config, source="config"):
     from_global = config["Global"].get("class_num")
     for key, value in (("Arch.class_num", from_arch), ("Global.class_num", from_global)):
         if value is not None and (not is_instance(value, (int,)) or value < 1):
-            raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be a positive integer, got {shown(value)}")
+        if value is not None and value > MAXIMUMS["class_num"]:
+            raise ConfigError(f"{source}: {key} must be at most {MAXIMUMS['class_num']}, got "
+                              f"{shown(value)}")
     if from_arch is not None and from_global is not None and from_arch != from_global:
         raise ConfigError(f"{source}: Arch.class_num ({from_arch}) and Global.class_num "
                           f"({from_global}) differ: set one of them, or make them equal")
@@ -198,13 +304,20 @@ def resolve_class_num(config, source="config"):
 
 
 def load_yaml(path):
+    """A YAML file (a config, a deploy config, an inference.yml) as Python values; every
+    problem is one ConfigError naming the file. At most MAX_YAML_BYTES are read."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            return yaml_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
+    with open(path, "rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        size = os.path.getsize(path)
+        raise ConfigError(f"{path} is {size / 2**20:.1f} MiB: a config or inference.yml is at most "
+                          f"{MAX_YAML_BYTES >> 20} MiB")
+    try:
+        return yaml_load(data) or {}
+    except YamlProblem as problem:
+        raise ConfigError(f"{path}: {problem}") from None
 
 
 def get_config(path, overrides=()):

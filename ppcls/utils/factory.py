@@ -12,7 +12,7 @@ every `__init__` along its bases.
 import inspect
 
 from ppcls.utils.config import SECTIONS, is_instance, type_names
-from ppcls.utils.errors import ConfigError, unknown
+from ppcls.utils.errors import ConfigError, shown, unknown
 
 _SIMPLE_TYPES = (int, float, bool, str, list, dict)
 
@@ -22,7 +22,7 @@ def split_spec(spec, where):
     if isinstance(spec, str):
         return spec, {}
     if not isinstance(spec, dict) or not spec:
-        raise ConfigError(f"{where}: expected a mapping naming a component, got {spec!r}")
+        raise ConfigError(f"{where}: expected a mapping naming a component, got {shown(spec)}")
     if "name" in spec:
         args = {k: v for k, v in spec.items() if k != "name"}
         return spec["name"], args
@@ -30,7 +30,7 @@ def split_spec(spec, where):
         raise ConfigError(f"{where}: expected one component name, got keys {list(spec)}")
     name, args = next(iter(spec.items()))
     if args is not None and not isinstance(args, dict):
-        raise ConfigError(f"{where}.{name}: arguments must be a mapping, got {args!r}")
+        raise ConfigError(f"{where}.{name}: arguments must be a mapping, got {shown(args)}")
     return name, dict(args or {})
 
 
@@ -72,7 +72,7 @@ def check(registry, name, args, where, kind="component", injected=()):
             raise ConfigError(f"{where}.{name}: {unknown('argument', key, allowed)}")
         types = _annotation_types(param.annotation)
         if types and not (value is None and param.default is None) and not is_instance(value, types):
-            raise ConfigError(f"{where}.{name}.{key} must be {type_names(types)}, got {value!r}")
+            raise ConfigError(f"{where}.{name}.{key} must be {type_names(types)}, got {shown(value)}")
     missing = [k for k, p in params.items()
                if p.default is p.empty and k not in args and k not in injected]
     if missing:
@@ -105,6 +105,6 @@ def create_list(registry, specs, where, kind="component", injected=None):
     if specs is None:
         return []
     if not isinstance(specs, list):
-        raise ConfigError(f"{where}: expected a list of {kind}s, got {specs!r}")
+        raise ConfigError(f"{where}: expected a list of {kind}s, got {shown(specs)}")
     return [create_from_spec(registry, spec, f"{where}.{i}", kind, injected)
             for i, spec in enumerate(specs)]

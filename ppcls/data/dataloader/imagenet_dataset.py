@@ -15,7 +15,8 @@ import numpy as np
 import paddle
 
 from ppcls.data.preprocess import ToCHWImage, apply_transforms, build_transforms, fuse
-from ppcls.utils.errors import ConfigError, DataError
+from ppcls.utils.errors import ConfigError, DataError, shown
+from ppcls.utils.text import read_lines
 
 POLICIES = ("fail", "skip")
 
@@ -29,23 +30,22 @@ def read_label_list(cls_label_path, image_root, delimiter=" "):
         raise ConfigError(f"image_root is not a directory: {image_root} (DataLoader.*.dataset."
                           "image_root)")
     paths, labels, line_numbers = [], [], []
-    with open(cls_label_path) as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(delimiter, 1)
-            if len(parts) != 2:
-                raise DataError(f"{cls_label_path}:{line_no}: expected 'path{delimiter}label', "
-                                f"got {line!r}")
-            try:
-                label = int(parts[1])
-            except ValueError:
-                raise DataError(f"{cls_label_path}:{line_no}: label {parts[1]!r} is not an "
-                                "integer") from None
-            paths.append(os.path.join(image_root, parts[0].strip()))
-            labels.append(label)
-            line_numbers.append(line_no)
+    for line_no, line in read_lines(cls_label_path):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(delimiter, 1)
+        if len(parts) != 2:
+            raise DataError(f"{cls_label_path}:{line_no}: expected 'path{delimiter}label', "
+                            f"got {shown(line)}")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise DataError(f"{cls_label_path}:{line_no}: label {shown(parts[1])} is not an "
+                            "integer") from None
+        paths.append(os.path.join(image_root, parts[0].strip()))
+        labels.append(label)
+        line_numbers.append(line_no)
     if not paths:
         raise DataError(f"{cls_label_path} lists no images")
     return paths, np.array(labels, dtype=np.int64), np.array(line_numbers, dtype=np.int64)
@@ -83,10 +83,10 @@ class ImageNetDataset(paddle.io.Dataset):
                  max_bad_fraction: float = 0.01):
         if on_bad_image not in POLICIES + (None,):
             raise ConfigError(f"DataLoader.*.dataset.on_bad_image must be one of "
-                              f"{', '.join(POLICIES)}; got {on_bad_image!r}")
+                              f"{', '.join(POLICIES)}; got {shown(on_bad_image)}")
         if not 0 <= max_bad_fraction <= 1:
             raise ConfigError("DataLoader.*.dataset.max_bad_fraction must be in [0, 1], got "
-                              f"{max_bad_fraction!r}")
+                              f"{shown(max_bad_fraction)}")
         self.image_root, self.cls_label_path = image_root, cls_label_path
         self.on_bad_image = on_bad_image or "fail"
         self.max_bad_fraction = max_bad_fraction
@@ -99,6 +99,7 @@ class ImageNetDataset(paddle.io.Dataset):
         self.ops = fuse(build_transforms(transform_ops, "DataLoader.*.dataset.transform_ops"))
         # PaddleClas datasets hand out CHW images; configs end with an HWC NormalizeImage.
         self.transpose = not any(isinstance(op, ToCHWImage) for op in self.ops)
+        self.output_shape = None  # (shape, where): see settle_output_shape
 
     def where(self, index):
         return f"{self.cls_label_path}:{self.line_numbers[index]}"
@@ -138,12 +139,30 @@ class ImageNetDataset(paddle.io.Dataset):
     def __len__(self):
         return len(self.images)
 
+    def settle_output_shape(self, tries=16):
+        """Fix the shape every sample must come out at: the first readable listed image's,
+        once the loader has its final operators. Without it, an image the operators leave
+        at another size would fail np.stack in the loader's collate, and Paddle's DataLoader
+        hangs on an exception there; with it, that image is a bad sample naming its file."""
+        self.output_shape = None
+        for index in range(min(len(self), tries)):
+            image = self[(index, 0)][0]
+            if image is not None:
+                self.output_shape = (image.shape, self.where(index))
+                return
+
     def load(self, index, seed):
         path = self.images[index]
         with open(path, "rb") as f:
             data = f.read()
         img = apply_transforms(self.ops, data, random.Random(seed))
-        return img.transpose(2, 0, 1) if self.transpose else img
+        img = img.transpose(2, 0, 1) if self.transpose else img
+        if self.output_shape is not None and img.shape != self.output_shape[0]:
+            shape, where = self.output_shape
+            raise ValueError(f"the transform ops make it {list(img.shape)}, but the first image "
+                             f"({where}) {list(shape)}: add ResizeImage and CropImage to them so "
+                             "that every image comes out one size")
+        return img
 
     def __getitem__(self, item):
         """(image, label, seed, problem). When the file cannot be read or decoded, image is
