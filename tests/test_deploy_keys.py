@@ -15,13 +15,13 @@ import paddle
 import pytest
 
 from conftest import QUICK_START, ROOT
-from ppcls.engine.export import export_inference_model
+from ppcls.export.inference_model import export_inference_model
 from ppcls.inference import (DEPLOY_DEFAULTS, GpuPlan, _configure_gpu, _paddle_config, cpu_engine,
                              gpu_plan, running_precision, tensorrt_shape_ranges)
 from ppcls.utils.cli import run
 from ppcls.utils.config import get_config
 from ppcls.utils.errors import ConfigError
-from tools.export_onnx import export_onnx
+from ppcls.export.onnx_model import export_onnx
 
 sys.path.insert(0, os.path.join(ROOT, "deploy", "python"))
 import predict_cls  # noqa: E402

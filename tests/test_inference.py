@@ -445,7 +445,7 @@ def test_a_batch_of_another_shape_raises_instead_of_answering(exported, engine):
 def test_a_model_taking_any_size_runs_each_size_in_batches_of_its_own(discerning, mixed_sizes, tmp_path):
     """Exported with H and W left open, the model runs each image at its own size, and a
     batch is never formed of images of two sizes."""
-    from ppcls.engine.export import InferenceModel, build_inference_network
+    from ppcls.export.inference_model import InferenceModel, build_inference_network
 
     exported = discerning
     config = get_config(QUICK_START, digits_overrides(exported["digits"], tmp_path) + [
