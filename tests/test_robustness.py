@@ -1,6 +1,7 @@
 """Bad input and crashes, each fed for real: a clear error naming the culprit, and nothing
 lost that a checkpoint held."""
 
+import glob
 import os
 import re
 import shutil
@@ -606,3 +607,49 @@ def test_sigterm_to_a_multi_process_job_saves_latest(digits, tmp_path):
                      r"24\), and this run plans the data differently \(world_size 2 -> 1, "
                      r"steps_per_epoch 24 -> 48\): resume with 2 process\(es\)", resumed.stderr)
     assert "Traceback" not in resumed.stderr
+
+
+def _children(pid):
+    """Pids of the processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_loader_workers_end_when_the_training_process_is_killed(digits, tmp_path):
+    """Workers ignore SIGINT/SIGTERM (so a Ctrl-C cannot kill them mid-step); SIGKILL of the
+    training process then left them blocked on their pipe for good, each holding batches in
+    /dev/shm. They must end with it."""
+    proc = subprocess.Popen(train_command(digits, tmp_path, extra=[
+        "DataLoader.Train.loader.num_workers=2", "Global.epochs=50"]), cwd=ROOT, env=ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        workers = []
+        while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+            workers = [p for p in _children(proc.pid) if p != proc.pid]
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the loader workers never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+            time.sleep(0.1)
+        alive = [w for w in workers if os.path.exists(f"/proc/{w}")]
+        for w in alive:  # do not leave them behind for the rest of the suite
+            os.kill(w, signal.SIGKILL)
+        for w in workers:  # batches in flight stay in /dev/shm (Paddle's files): tidy up
+            for leftover in glob.glob(f"/dev/shm/paddle_{w}_*"):
+                os.remove(leftover)
+        assert not alive, f"loader workers {alive} outlived the killed training process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

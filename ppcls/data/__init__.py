@@ -9,9 +9,11 @@ the workers would have used. Each batch also carries the problems of samples a w
 not read, which `BadImagePolicy` turns into an error or a logged skip."""
 
 import copy
+import ctypes
 import os
 import random
 import signal
+import sys
 
 import numpy as np
 import paddle
@@ -107,13 +109,33 @@ def split_normalize(dataset):
     return DeviceNormalize(normalize)
 
 
-def ignore_stop_signals(worker_id):
-    """Loader workers ignore SIGINT and SIGTERM. Ctrl-C and `launch` signal whole process
-    groups, and a worker killed by them would make Paddle abort the training process
-    mid-step (from its SIGCHLD handler) before it can save `latest`. The training process
-    ends its workers itself, and they exit when it dies."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class WorkerSetup:
+    """Run in each loader worker as it starts.
+
+    Workers ignore SIGINT and SIGTERM: Ctrl-C and `launch` signal whole process groups, and
+    a worker killed by them would make Paddle abort the training process mid-step (from its
+    SIGCHLD handler) before it can save `latest`. The training process ends its workers
+    itself; if it is killed outright (SIGKILL, the OOM killer) it cannot, and a worker then
+    waited on its pipe for good, holding its batches in /dev/shm. So each worker asks the
+    kernel (Linux's PR_SET_PDEATHSIG) to kill it when the training process dies."""
+
+    PR_SET_PDEATHSIG = 1
+
+    def __init__(self):
+        self.parent = os.getpid()  # the training process, which builds the loader
+
+    def __call__(self, worker_id):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._die_with_parent()
+
+    def _die_with_parent(self):
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(self.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != self.parent:  # it died before the request was in place
+            os._exit(1)
 
 
 class ClassificationLoader:
@@ -224,7 +246,7 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
         check_shared_memory(sample_bytes(dataset) * sampler.batch_size, num_workers, where)
     loader = paddle.io.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=Collate(batch_ops, normalize is not None),
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=WorkerSetup(),
         num_workers=num_workers, use_shared_memory=use_shared_memory,
         return_list=True)
     return ClassificationLoader(loader, BadImagePolicy(dataset, where, sampler.shard_size()),

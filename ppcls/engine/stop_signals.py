@@ -3,7 +3,7 @@
 A scheduler's SIGTERM (or `paddle.distributed.launch` stopping its workers, which sends
 SIGTERM to their process groups several times) and a first Ctrl-C only request the stop;
 a second Ctrl-C quits at once without saving. Data-loader workers ignore both (see
-`ppcls.data.ignore_stop_signals`).
+`ppcls.data.WorkerSetup`).
 """
 
 import signal
