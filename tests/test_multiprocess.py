@@ -179,5 +179,5 @@ def test_uneven_and_empty_evaluation_shards_give_the_single_process_metrics(digi
         assert single.endswith(f"/{n}")
         if n == 1:
             assert single == stored_fraction(log, 6)
-    # chance is 0.1; 6 epochs with the seed unset reach 0.45 to 0.98, so 0.3 shows it learned
+    # chance is 0.1; one run with the seed unset reached only 0.45 (160/359), so 0.3 it is
     assert eval(single) > 0.3, single_line  # noqa: S307 - "a/b" from our own log
