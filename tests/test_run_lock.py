@@ -129,13 +129,14 @@ def test_an_output_dir_that_is_a_file_is_one_line(digits, tmp_path, capsys, tool
 def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path):
     """A data-loader worker forked by a run that then dies without releasing shares the
     lock's descriptor: it must not keep the directory locked."""
-    pid_file = tmp_path / "worker.pid"
+    pid_file, ready_file = tmp_path / "worker.pid", tmp_path / "worker.ready"
     code = (f"import os, sys, time; sys.path.insert(0, {ROOT!r})\n"
             "from ppcls.engine.run_lock import RunLock\n"
             f"RunLock.acquire({str(tmp_path)!r})\n"
             "child = os.fork()\n"
-            "if child == 0:\n"
-            "    time.sleep(120); os._exit(0)\n"
+            "if child == 0:\n"  # the at-fork hooks have run once the child runs its code
+            f"    open({str(ready_file)!r}, 'w').close(); time.sleep(120); os._exit(0)\n"
+            f"while not os.path.exists({str(ready_file)!r}): time.sleep(0.01)\n"
             f"open({str(pid_file)!r}, 'w').write(str(child))\n"
             "os._exit(0)  # as if killed: no release\n")
     subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
