@@ -8,14 +8,16 @@ import os
 import numpy as np
 import paddle
 import pytest
+from safetensors.numpy import save_file
 
 from conftest import ROOT
 from parity import load_fixture, reference_input, reference_weights
 from ppcls.api import create_model, list_models
 from ppcls.arch.backbone.model_zoo.mnasnet.converter import REFERENCE_ARCHS
-from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANTS
+from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANT_BY_NAME, VARIANTS
 from ppcls.utils.errors import ConfigError
 from ppcls.weights import load_into
+from ppcls.weights.download import cache_path
 
 FIXTURES = f"{ROOT}/tests/fixtures/parity"
 
@@ -177,6 +179,22 @@ def test_timms_features_only_maps(path, tmp_path):
         assert list(found.shape) == expected["shape"]
         error = np.abs(found.ravel()[expected["indices"]] - expected["values"]).max()
         assert error <= 1e-4 * expected["max_abs"]
+
+
+def test_published_weights_load_into_a_backbone(server, capsys):
+    """pretrained="timm" resolves the variant's record as for a classifier (a copy put at
+    the cache path, as the offline message says, is used without any request)."""
+    fixture = load_fixture(f"{FIXTURES}/timm_mnasnet_100.json")
+    record = [w for w in VARIANT_BY_NAME["MnasNet_B1_x1_0"].weights if w.source == "timm"][0]
+    assert record.sha256 is None  # else the served copy would need the real file's digest
+    target = cache_path(record.url)
+    target.parent.mkdir(parents=True)
+    save_file(reference_weights(fixture), str(target))
+    backbone = create_model("MnasNet_B1_x1_0", pretrained="timm", features_only=True)
+    assert "Arch.pretrained: timm's mnasnet_100.rmsp_in1k" in capsys.readouterr().out
+    assert not backbone.stem_relu and server.ranges == []
+    np.testing.assert_array_equal(backbone.blocks[6][0].project.conv.weight.numpy(),
+                                  reference_weights(fixture)["blocks.6.0.conv_pwl.weight"])
 
 
 def test_a_backbone_trains():
