@@ -108,7 +108,7 @@ def test_out_indices_choose_among_the_five_maps():
     np.testing.assert_array_equal(picked[1], all_maps[3])
 
 
-@pytest.mark.parametrize("out_indices", [(1, 5), (), "1,2", (-1,), (1.0, 2)])
+@pytest.mark.parametrize("out_indices", [(1, 5), (), "1,2", (-1,), (1.0, 2), (True, 2)])
 def test_out_indices_outside_the_five_are_one_line(out_indices):
     with pytest.raises(ConfigError) as err:
         create_model("MnasNet_small", features_only=True, out_indices=out_indices)

@@ -65,9 +65,6 @@ ARCHITECTURES = {
 # 0-4 as timm does; by default the four at strides 4 to 32 (timm's default adds stride 2).
 # (timm would also take the stem when the first stage has a stride; no MnasNet's has.)
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)
-# The layers only a classifier has: a features model builds neither (timm's leaves out its
-# conv_head too), and drops their tensors when it loads a classifier's weights.
-CLASSIFIER_LAYERS = ("head", "fc")
 
 
 class FeatureInfo(list):
@@ -94,15 +91,14 @@ class FeatureInfo(list):
         return [self[i][key] for i in idx]
 
 
-def feature_points(stem_channels, stages, width):
+def feature_points(stages, width):
     """The FeatureInfo of all five maps of a stage table at this width."""
-    points, stride, channels = FeatureInfo(), 2, stem_channels
+    points, stride = FeatureInfo(), 2  # the stem's stride
     for index, stage in enumerate(stages):
         stride *= stage.stride
-        channels = scale_channels(stage.channels, width)
         if index + 1 == len(stages) or stages[index + 1].stride > 1:
-            points.append(dict(index=len(points), num_chs=channels, reduction=stride,
-                               module=f"blocks.{index}", stage=index + 1))
+            points.append(dict(index=len(points), num_chs=scale_channels(stage.channels, width),
+                               reduction=stride, module=f"blocks.{index}", stage=index + 1))
     return points
 
 
@@ -110,7 +106,7 @@ def select_features(points, out_indices):
     """The FeatureInfo of the maps `out_indices` names (ConfigError for an index that is
     not one of them)."""
     chosen = sorted(set(out_indices)) if isinstance(out_indices, (list, tuple)) else None
-    if not chosen or not all(isinstance(i, int) and 0 <= i < len(points) for i in chosen):
+    if not chosen or not all(type(i) is int and 0 <= i < len(points) for i in chosen):
         raise ConfigError(f"out_indices: {shown(out_indices)} is not a list of feature map "
                           f"numbers; choose among {', '.join(map(str, range(len(points))))} "
                           "(strides " + ", ".join(str(p['reduction']) for p in points) + ")")
@@ -233,8 +229,7 @@ class MnasNet(nn.Layer):
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
         self.features_only = bool(features_only)
-        self.feature_info = feature_points(scale_channels(spec["stem"], width), spec["stages"],
-                                           width)
+        self.feature_info = feature_points(spec["stages"], width)
         if self.features_only:
             self.feature_info = select_features(
                 self.feature_info, DEFAULT_OUT_INDICES if out_indices is None else out_indices)
@@ -288,13 +283,15 @@ class MnasNet(nn.Layer):
         return {"stem_relu": self.stem_relu}
 
     def left_out_keys(self):
-        """The state-dict keys of the classifier's layers, which a features model does not
-        build: adapt_state_dict drops them from a classifier's weights. () for a classifier."""
+        """The state-dict keys of the layers only a classifier has, the head convolution and
+        the classifier, which a features model does not build (timm's leaves out its
+        conv_head too): adapt_state_dict drops them from a classifier's weights. () for a
+        classifier."""
         if not self.features_only:
             return ()
-        keys_of = {"head": ConvBN(1, 1), "fc": nn.Linear(1, 1)}  # tiny twins, for the names
-        return tuple(f"{layer}.{key}" for layer in CLASSIFIER_LAYERS
-                     for key in keys_of[layer].state_dict())
+        twins = {"head": ConvBN(1, 1), "fc": nn.Linear(1, 1)}  # tiny, for their tensor names
+        return tuple(f"{name}.{key}" for name, layer in twins.items()
+                     for key in layer.state_dict())
 
     def forward_features(self, x):
         return self.head(self.blocks(self.stem(x)))
