@@ -153,6 +153,31 @@ def test_a_failed_build_warns_once_and_uses_the_builtin_kernel(tmp_path, monkeyp
     np.testing.assert_array_equal(first.numpy(), F.conv2d(x, weight, padding=1, groups=4).numpy())
 
 
+def test_copies_of_the_package_at_other_paths_share_one_build(tmp_path):
+    """The repository and an installed copy (or two checkouts) share the cache's build: the
+    key is the source's content, not where it lies. (Paddle's `load` recompiles whenever the
+    source path it is given differs from the last one built in that folder, so the
+    repository and site-packages used to rebuild it in turn, about 10 s each.) Each build
+    runs in a process of its own, as two checkouts would: one process cannot load two
+    libraries that register the same operator."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PPCLS_CACHE_DIR": str(tmp_path / "cache")}
+    build = "import sys; from ppcls.ops import depthwise_conv as dw; dw.SOURCE = sys.argv[1]; dw._build()"
+    stats = []
+    for name in ("checkout", "site-packages"):
+        copy = tmp_path / name / "depthwise_conv.cc"
+        copy.parent.mkdir()
+        copy.write_bytes(open(dw.SOURCE, "rb").read())
+        subprocess.run([sys.executable, "-c", build, str(copy)], env=env, check=True,
+                       capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        built = list((tmp_path / "cache").rglob("ppcls_depthwise_conv.so"))
+        assert len(built) == 1
+        stats.append((os.stat(built[0]).st_ino, os.stat(built[0]).st_mtime_ns))
+    assert stats[1] == stats[0]
+
+
 def train_step_grads(model, images, labels):
     paddle.seed(11)  # the same dropout mask both times
     loss = F.cross_entropy(model(images), labels)

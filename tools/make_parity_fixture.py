@@ -5,6 +5,7 @@ Needs torch plus torchvision or timm (not project dependencies); the tests only 
 JSON it writes.
 
     python tools/make_parity_fixture.py --source timm --arch mnasnet_small out.json
+    python tools/make_parity_fixture.py --source timm --arch mnasnet_small --features out.json
 """
 
 import argparse
@@ -46,6 +47,20 @@ def make_fixture(source, arch, seed, num_classes=1000, input_shape=(2, 3, 224, 2
     import torch
 
     model = build_reference(source, arch, num_classes).double().eval()
+    keys = seed_weights(model, seed)
+    x = np.random.default_rng([seed, 999999]).standard_normal(input_shape).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).double()).numpy()
+    params = sum(p.numel() for p in model.parameters())
+    return dict(source=source, arch=arch, num_classes=num_classes, params=params,
+                recipe=RECIPE, seed=seed, input_shape=list(input_shape), keys=keys,
+                logits=logits.tolist())
+
+
+def seed_weights(model, seed):
+    """Set the model's tensors by the recipe; returns the fixture's `keys` entries."""
+    import torch
+
     keys = []
     # state_dict() tensors share storage with the model: copying into them sets the weights
     # (torchvision's MNASNet refuses load_state_dict without its version metadata).
@@ -58,13 +73,41 @@ def make_fixture(source, arch, seed, num_classes=1000, input_shape=(2, 3, 224, 2
             value = rng.uniform(a, b, shape) if dist == "uniform" else rng.normal(a, b, shape)
             tensor.copy_(torch.from_numpy(value.astype(np.float32).astype(np.float64)))
             keys.append(dict(index=index, name=name, shape=shape, dist=dist, a=a, b=b))
-    x = np.random.default_rng([seed, 999999]).standard_normal(input_shape).astype(np.float32)
+    return keys
+
+
+FEATURE_SAMPLES = 64  # values kept of each feature map
+
+
+def make_features_fixture(arch, seed, input_shape=(1, 3, 96, 96)):
+    """timm's features_only model of `arch`, holding the classifier fixture's weights (the
+    same seed gives the same tensors), on an input of the recipe at `input_shape`
+    (numpy.random.default_rng([seed, 999998])): its feature_info and, per map, the shape,
+    the largest magnitude and FEATURE_SAMPLES values at flat indices drawn by
+    numpy.random.default_rng([seed, 777000 + map number]). Evaluated in float64."""
+    import timm
+    import torch
+
+    classifier = build_reference("timm", arch, 1000).double().eval()
+    seed_weights(classifier, seed)
+    model = timm.create_model(arch, pretrained=False, features_only=True).double().eval()
+    missing, _ = model.load_state_dict(classifier.state_dict(), strict=False)
+    assert not missing, missing
+    x = np.random.default_rng([seed, 999998]).standard_normal(input_shape).astype(np.float32)
     with torch.no_grad():
-        logits = model(torch.from_numpy(x).double()).numpy()
-    params = sum(p.numel() for p in model.parameters())
-    return dict(source=source, arch=arch, num_classes=num_classes, params=params,
-                recipe=RECIPE, seed=seed, input_shape=list(input_shape), keys=keys,
-                logits=logits.tolist())
+        maps = [m.numpy() for m in model(torch.from_numpy(x).double())]
+    info = model.feature_info
+    entries = []
+    for number, feature in enumerate(maps):
+        where = np.random.default_rng([seed, 777000 + number]).integers(
+            0, feature.size, FEATURE_SAMPLES)
+        entries.append(dict(shape=list(feature.shape), max_abs=float(np.abs(feature).max()),
+                            indices=where.tolist(), values=feature.ravel()[where].tolist()))
+    return dict(source="timm", arch=arch, seed=seed, input_shape=list(input_shape),
+                input_recipe="numpy.random.default_rng([seed, 999998]).standard_normal("
+                             "input_shape) cast to float32",
+                channels=info.channels(), reduction=info.reduction(),
+                modules=info.module_name(), maps=entries)
 
 
 def main():
@@ -72,10 +115,16 @@ def main():
     parser.add_argument("--source", required=True, choices=("torchvision", "timm"))
     parser.add_argument("--arch", required=True, help="reference name, e.g. mnasnet0_75")
     parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--features", action="store_true",
+                        help="timm only: the features_only model's maps (make_features_fixture)")
     parser.add_argument("out")
     args = parser.parse_args()
+    if args.features and args.source != "timm":
+        parser.error("--features: timm is the reference for features_only")
+    fixture = (make_features_fixture(args.arch, args.seed) if args.features
+               else make_fixture(args.source, args.arch, args.seed))
     with open(args.out, "w") as f:
-        json.dump(make_fixture(args.source, args.arch, args.seed), f)
+        json.dump(fixture, f)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ calls (see the MnasNet package for one):
     adapt_state_dict(state, weights_file) -> (state, source)   ppcls.weights.load_into
     eval_transforms(configured_ops, where) -> ops               evaluation, export, infer
     checkpoint_record() -> dict                                 kept in checkpoints' .pdstates
-and its builder may have `downloads(**arch_args)`: what `Arch.pretrained` will fetch.
+and its builder may have `downloads(**arch_args)`: what `Arch.pretrained` will fetch, and
+`features(**args)`: the backbone alone, returning feature maps (`build_features`, the API's
+features_only; not a config key, since training needs the classifier).
 """
 
 import copy
@@ -20,7 +22,8 @@ from ppcls.arch.registry import available_models, get_model_builder
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError, did_you_mean, unknown
 
-__all__ = ["build_model", "check_arch", "available_models", "pretrained_downloads"]
+__all__ = ["build_model", "build_features", "check_arch", "available_models",
+           "pretrained_downloads"]
 
 
 def check_arch(config):
@@ -31,15 +34,24 @@ def check_arch(config):
     arch_config = copy.deepcopy(config["Arch"])
     name = arch_config.pop("name")
     use_sync_bn = arch_config.pop("use_sync_bn", False)
-    if name not in available_models():
-        raise ConfigError(f"Arch.name: {unknown('model', name, available_models())}")
-    builder = get_model_builder(name)
-    accepted = list(inspect.signature(builder).parameters)
-    for key in arch_config:
-        if key not in accepted:
-            raise ConfigError(f"Arch.{key} is not an argument of {name}"
-                              f"{did_you_mean(key, accepted)}; allowed: {', '.join(accepted)}")
+    builder = _builder_named(name, "Arch.name")
+    check_arguments(builder, arch_config, name, prefix="Arch.")
     return builder, arch_config, use_sync_bn
+
+
+def _builder_named(name, what):
+    if name not in available_models():
+        raise ConfigError(f"{what}: {unknown('model', name, available_models())}")
+    return get_model_builder(name)
+
+
+def check_arguments(function, arguments, owner, prefix=""):
+    """ConfigError naming the first of `arguments` that `function` does not take."""
+    accepted = list(inspect.signature(function).parameters)
+    for key in arguments:
+        if key not in accepted:
+            raise ConfigError(f"{prefix}{key} is not an argument of {owner}"
+                              f"{did_you_mean(key, accepted)}; allowed: {', '.join(accepted)}")
 
 
 def build_model(config):
@@ -55,6 +67,17 @@ def build_model(config):
         else:
             logger.warning("Arch.use_sync_bn is ignored: SyncBatchNorm needs GPUs")
     return model
+
+
+def build_features(name, **arguments):
+    """The backbone of model `name` alone: its forward returns feature maps, and it has
+    `feature_info` (the builder's `features`, e.g. the MnasNet package's)."""
+    builder = _builder_named(name, "model name")
+    features = getattr(builder, "features", None)
+    if features is None:
+        raise ConfigError(f"{name} has no features_only form")
+    check_arguments(features, arguments, f"{name} with features_only")
+    return features(**arguments)
 
 
 def pretrained_downloads(config):

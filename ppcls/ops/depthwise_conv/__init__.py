@@ -18,6 +18,7 @@ import hashlib
 import contextlib
 import os
 import platform
+import shutil
 import threading
 import warnings
 
@@ -76,11 +77,25 @@ def _build():
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of one job starting together build once
+        source = _source_copy(directory)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No ccache found")
-            return load(name="ppcls_depthwise_conv", sources=[SOURCE],
+            return load(name="ppcls_depthwise_conv", sources=[source],
                         extra_cxx_cflags=flags, extra_ldflags=ldflags,
                         build_directory=directory, verbose=False)
+
+
+def _source_copy(directory):
+    """The source copied into its build directory, compiled from there: Paddle's `load`
+    rebuilds whenever the source path differs from the last build's, so the repository
+    and an installed copy (or two checkouts) compiling SOURCE in place would take turns
+    rebuilding the shared cache entry. The directory's key is the source's content, so
+    the copy there never changes once written."""
+    copy = os.path.join(directory, os.path.basename(SOURCE))
+    if not os.path.isfile(copy):
+        shutil.copyfile(SOURCE, copy + ".tmp")
+        os.replace(copy + ".tmp", copy)  # a crash mid-copy leaves no truncated source
+    return copy
 
 
 def custom_op():

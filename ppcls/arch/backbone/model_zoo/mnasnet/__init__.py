@@ -22,7 +22,7 @@ from ppcls.arch.registry import register_model
 
 # Names of network.py offered here, imported (with Paddle) when first asked for.
 _NETWORK_NAMES = ("MnasNet", "ARCHITECTURES", "Stage", "scale_channels", "ConvBN",
-                  "SqueezeExcite", "MnasBlock")
+                  "SqueezeExcite", "MnasBlock", "FeatureInfo", "DEFAULT_OUT_INDICES")
 
 
 def __getattr__(name):
@@ -34,24 +34,36 @@ def __getattr__(name):
 
 
 def _register(name):
-    """Build and register the builder of the VARIANTS record `name`, under all its names."""
+    """Build and register the builder of the VARIANTS record `name`, under all its names.
+    Its `features` attribute builds the backbone alone (ppcls.create_model's features_only):
+    an API-only form, as a training config needs the classifier."""
     variant = VARIANT_BY_NAME[name]
+
+    def build(pretrained, **network_args):
+        from ppcls.arch.backbone.model_zoo.mnasnet.network import MnasNet
+
+        model = MnasNet(arch=variant.arch, width=variant.width, **network_args)
+        if pretrained:
+            from ppcls.arch.backbone.model_zoo.mnasnet.sources import load_arch_pretrained
+
+            load_arch_pretrained(model, variant, pretrained)
+        return model
 
     def builder(pretrained=False, class_num=1000, stem_relu=None, dropout=0.2,
                 bn_momentum=0.9, bn_epsilon=1e-5):
         """pretrained: True (the variant's published weights), "torchvision" or "timm" (that
         source's), or a path or URL. stem_relu: None means True unless the weights loaded
         say otherwise."""
-        from ppcls.arch.backbone.model_zoo.mnasnet.network import MnasNet
+        return build(pretrained, class_num=class_num, stem_relu=stem_relu, dropout=dropout,
+                     bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
 
-        model = MnasNet(arch=variant.arch, width=variant.width, class_num=class_num,
-                        stem_relu=stem_relu, dropout=dropout, bn_momentum=bn_momentum,
-                        bn_epsilon=bn_epsilon)
-        if pretrained:
-            from ppcls.arch.backbone.model_zoo.mnasnet.sources import load_arch_pretrained
-
-            load_arch_pretrained(model, variant, pretrained)
-        return model
+    def features(pretrained=False, out_indices=None, stem_relu=None, bn_momentum=0.9,
+                 bn_epsilon=1e-5):
+        """The backbone without head and classifier: its forward returns the feature maps
+        `out_indices` selects (network.MnasNet's features_only). pretrained as the
+        builder's; a classifier's weights load, their head and classifier left aside."""
+        return build(pretrained, features_only=True, out_indices=out_indices,
+                     stem_relu=stem_relu, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
 
     def downloads(pretrained=False, **_):
         """What `builder(pretrained=...)` will download (ppcls.weights.Download records),
@@ -62,8 +74,10 @@ def _register(name):
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"MnasNet-{variant.arch} at width x{variant.width}."
+    features.__name__ = features.__qualname__ = f"{name}.features"
     builder.variant = variant
     builder.downloads = downloads
+    builder.features = features
     return register_model(*variant.names)(builder)
 
 

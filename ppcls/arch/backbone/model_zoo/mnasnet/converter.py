@@ -96,8 +96,10 @@ def detect_reproduction_layout(source_keys):
 
 
 def build_key_map(model, source, source_keys=()):
-    """Map each of `model`'s state-dict keys to the source's key. Returns (map, layout)."""
-    our_keys = list(model.state_dict().keys())
+    """Map each of `model`'s state-dict keys, and those of the classifier layers a features
+    model leaves out (their source tensors are used, then dropped), to the source's key.
+    Returns (map, layout)."""
+    our_keys = list(model.state_dict().keys()) + list(model.left_out_keys())
     blocks = {_block_of(k)[:2] for k in our_keys if _block_of(k)}
     ds_blocks = blocks - {_block_of(k)[:2] for k in our_keys if ".expand." in k}
     if source == "timm":

@@ -19,6 +19,7 @@ from ppcls.arch.backbone.model_zoo.mnasnet.sources import adapt, eval_transforms
 from ppcls.arch.backbone.model_zoo.mnasnet.variants import variant_of
 from ppcls.ops.depthwise_conv import DepthwiseConv2D
 from ppcls.ops.sigmoid import sigmoid
+from ppcls.utils.errors import ConfigError, shown
 
 # One row per stage. block: "ds" = depthwise separable (dw -> [SE] -> pw-linear),
 # "ir" = inverted residual (pw-expand -> dw -> [SE] -> pw-linear). se: SE ratio relative to
@@ -57,6 +58,59 @@ ARCHITECTURES = {
     ]),
 }
 # fmt: on
+
+# A features model (features_only) returns, as timm's does for its MnasNets (feature_location
+# "bottleneck"), the output of each stage after which the resolution halves, and of the last
+# stage: five maps at strides 2, 4, 8, 16 and 32 for every variant. out_indices numbers them
+# 0-4 as timm does; by default the four at strides 4 to 32 (timm's default adds stride 2).
+# (timm would also take the stem when the first stage has a stride; no MnasNet's has.)
+DEFAULT_OUT_INDICES = (1, 2, 3, 4)
+
+
+class FeatureInfo(list):
+    """What a model's feature maps are, as timm's `feature_info`: one dict per map, in the
+    order a features model returns them, with `index` (what out_indices selects), `num_chs`,
+    `reduction` (the stride relative to the input), `module` (the stage whose output it is,
+    e.g. "blocks.1") and `stage` (timm's stage number). `channels()`, `reduction()` and
+    `module_name()` list one field, of all maps or of the one or several at `idx`."""
+
+    def channels(self, idx=None):
+        return self._field("num_chs", idx)
+
+    def reduction(self, idx=None):
+        return self._field("reduction", idx)
+
+    def module_name(self, idx=None):
+        return self._field("module", idx)
+
+    def _field(self, key, idx):
+        if idx is None:
+            return [info[key] for info in self]
+        if isinstance(idx, int):
+            return self[idx][key]
+        return [self[i][key] for i in idx]
+
+
+def feature_points(stages, width):
+    """The FeatureInfo of all five maps of a stage table at this width."""
+    points, stride = FeatureInfo(), 2  # the stem's stride
+    for index, stage in enumerate(stages):
+        stride *= stage.stride
+        if index + 1 == len(stages) or stages[index + 1].stride > 1:
+            points.append(dict(index=len(points), num_chs=scale_channels(stage.channels, width),
+                               reduction=stride, module=f"blocks.{index}", stage=index + 1))
+    return points
+
+
+def select_features(points, out_indices):
+    """The FeatureInfo of the maps `out_indices` names (ConfigError for an index that is
+    not one of them)."""
+    chosen = sorted(set(out_indices)) if isinstance(out_indices, (list, tuple)) else None
+    if not chosen or not all(type(i) is int and 0 <= i < len(points) for i in chosen):
+        raise ConfigError(f"out_indices: {shown(out_indices)} is not a list of feature map "
+                          f"numbers; choose among {', '.join(map(str, range(len(points))))} "
+                          "(strides " + ", ".join(str(p['reduction']) for p in points) + ")")
+    return FeatureInfo(points[i] for i in chosen)
 
 
 def scale_channels(channels, multiplier, divisor=8, round_up_bias=0.9):
@@ -127,7 +181,7 @@ class MnasBlock(nn.Layer):
 
 
 class MnasNet(nn.Layer):
-    """MnasNet classifier built from a stage table.
+    """MnasNet classifier, or backbone (features_only), built from a stage table.
 
     Args:
         arch: "B1", "A1" or "small" (a key of ARCHITECTURES).
@@ -140,10 +194,18 @@ class MnasNet(nn.Layer):
         dropout: dropout probability before the classifier.
         bn_momentum, bn_epsilon: BatchNorm settings in Paddle's convention
             (running = momentum * running + (1 - momentum) * batch).
+        features_only: build the backbone alone: no head convolution, pooling or
+            classifier (class_num and dropout are then unused); the forward returns the
+            list of feature maps `out_indices` selects (see DEFAULT_OUT_INDICES).
+        out_indices: which of the five feature maps (0-4: strides 2, 4, 8, 16, 32) a
+            features model returns; None: DEFAULT_OUT_INDICES.
+
+    `feature_info` (a FeatureInfo) describes the maps: all five for a classifier, those
+    returned for a features model.
     """
 
     def __init__(self, arch="B1", width=1.0, class_num=1000, stem_relu=None, dropout=0.2,
-                 bn_momentum=0.9, bn_epsilon=1e-5):
+                 bn_momentum=0.9, bn_epsilon=1e-5, features_only=False, out_indices=None):
         super().__init__()
         self.variant = variant_of(arch, width)  # its record in variants.py, or None
         self.configured_stem_relu = stem_relu  # None: the weights loaded decide
@@ -166,11 +228,20 @@ class MnasNet(nn.Layer):
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
-        self.head = ConvBN(in_ch, spec["head"], bn_args=bn_args)
-        self.avg_pool = nn.AdaptiveAvgPool2D(1)
-        self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(spec["head"], class_num)
+        self.features_only = bool(features_only)
+        self.feature_info = feature_points(spec["stages"], width)
+        if self.features_only:
+            self.feature_info = select_features(
+                self.feature_info, DEFAULT_OUT_INDICES if out_indices is None else out_indices)
+        else:
+            if out_indices is not None:
+                raise ConfigError("out_indices selects the maps of a features model: add "
+                                  "features_only=True")
+            self.head = ConvBN(in_ch, spec["head"], bn_args=bn_args)
+            self.avg_pool = nn.AdaptiveAvgPool2D(1)
+            self.flatten = nn.Flatten()
+            self.dropout = nn.Dropout(p=dropout)
+            self.fc = nn.Linear(spec["head"], class_num)
         self._init_weights()
 
     def _init_weights(self):
@@ -211,9 +282,35 @@ class MnasNet(nn.Layer):
         this topology (read back by adapt_state_dict)."""
         return {"stem_relu": self.stem_relu}
 
+    def left_out_keys(self):
+        """The state-dict keys of the layers only a classifier has, the head convolution and
+        the classifier, which a features model does not build (timm's leaves out its
+        conv_head too): adapt_state_dict drops them from a classifier's weights. () for a
+        classifier."""
+        if not self.features_only:
+            return ()
+        twins = {"head": ConvBN(1, 1), "fc": nn.Linear(1, 1)}  # tiny, for their tensor names
+        return tuple(f"{name}.{key}" for name, layer in twins.items()
+                     for key in layer.state_dict())
+
     def forward_features(self, x):
         return self.head(self.blocks(self.stem(x)))
 
+    def forward_feature_maps(self, x):
+        """The feature maps feature_info names, shallowest first; the stages after the
+        deepest one chosen are not run."""
+        x, maps = self.stem(x), []
+        wanted = {info["stage"] - 1 for info in self.feature_info}
+        for index, stage in enumerate(self.blocks):
+            x = stage(x)
+            if index in wanted:
+                maps.append(x)
+                if len(maps) == len(wanted):
+                    break
+        return maps
+
     def forward(self, x):
+        if self.features_only:
+            return self.forward_feature_maps(x)
         x = self.flatten(self.avg_pool(self.forward_features(x)))
         return self.fc(self.dropout(x))

@@ -99,9 +99,10 @@ def adapt(model, state, weights_file):
                     weights_file.location)
     model.weights_origin = WeightsOrigin(weights_file.location, source,
                                          source_preprocess(source, model.variant))
-    if source == OURS:
-        return state, source
-    return rename_to_model(model, state, source, weights_file.path), source
+    if source != OURS:
+        state = rename_to_model(model, state, source, weights_file.path)
+    left_out = set(model.left_out_keys())  # a features model has no classifier to load
+    return {k: v for k, v in state.items() if k not in left_out}, source
 
 
 def eval_transforms_of(origin, configured, where):
