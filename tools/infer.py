@@ -8,10 +8,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
 import paddle  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402

@@ -10,8 +10,13 @@ JSON it writes.
 import argparse
 import json
 import math
+import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.cli import run  # noqa: E402
 
 RECIPE = ("for entry in keys: rng = numpy.random.default_rng([seed, entry['index']]); "
           "value = rng.uniform(a, b, shape) if dist == 'uniform' else rng.normal(a, b, shape); "
@@ -67,16 +72,16 @@ def make_fixture(source, arch, seed, num_classes=1000, input_shape=(2, 3, 224, 2
                 logits=logits.tolist())
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", required=True, choices=("torchvision", "timm"))
     parser.add_argument("--arch", required=True, help="reference name, e.g. mnasnet0_75")
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with open(args.out, "w") as f:
         json.dump(make_fixture(args.source, args.arch, args.seed), f)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

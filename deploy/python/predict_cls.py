@@ -13,10 +13,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from ppcls.utils.threads import set_default_threads, usable_cores  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
 import numpy as np  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
