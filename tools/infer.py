@@ -8,6 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+import ppcls  # noqa: E402,F401  (first: its CPU defaults apply as Paddle loads)
 import paddle  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402

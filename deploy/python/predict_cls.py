@@ -24,6 +24,7 @@ from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import (INT32_MAX, apply_override, check_numbers, load_yaml,  # noqa: E402
                                 parse_args, parse_override)
 from ppcls.utils.errors import ConfigError, shown, unknown  # noqa: E402
+from ppcls.utils.threads import usable_cores  # noqa: E402
 
 SECTIONS = ("Global", "PreProcess", "PostProcess")
 
