@@ -45,7 +45,7 @@ def main(args):
                             Preprocessor(transforms, "Infer.transforms", input_shape),
                             ModelRunner(run, input_shape, "dygraph"),
                             build_postprocess(infer.get("PostProcess"), "Infer.PostProcess"),
-                            int(infer.get("batch_size", 1)))
+                            infer["batch_size"])
     print_results(results)
     if infer.get("save_path"):
         save_results(results, infer["save_path"])

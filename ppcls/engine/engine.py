@@ -115,8 +115,6 @@ class Engine:
         if device == "gpu" and not paddle.is_compiled_with_cuda():
             raise ConfigError("Global.device is gpu but this Paddle has no CUDA: install "
                               "paddlepaddle-gpu, or use -o Global.device=cpu")
-        if device not in ("cpu", "gpu"):
-            raise ConfigError(f"Global.device must be cpu or gpu, got {device!r}")
         paddle.set_device(device)
         self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
         if self.world_size > 1:
