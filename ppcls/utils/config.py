@@ -48,7 +48,9 @@ def validate(config, source="config"):
     Global.image_shape and every number, and decide the number of classes. Raises a
     ConfigError starting with `source`."""
     try:
-        read_sections(config, TRAINING)
+        # `Infer: null` is no Infer section (tools/infer.py says it needs one)
+        no_infer = config.get("Infer") is None
+        read_sections(config, {**TRAINING, "Infer": None} if no_infer else TRAINING)
         config.setdefault("Global", defaults(GLOBAL))
         check_image_shape(config["Global"]["image_shape"])
         check_numbers(config)
