@@ -173,3 +173,29 @@ def test_import_graph_counts_imports_inside_functions(tmp_path):
     assert [(e.target, e.lazy) for e in graph["pkg.b"]] == [("pkg", True), ("pkg.a", True)]
     assert cycles(graph) == [("pkg.a", "pkg.b")]
     assert loop_through(graph, ("pkg.a", "pkg.b")) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+# ------------------------------------------------------------------ one exit-code rule
+def _entry_points():
+    for top in ("tools", "deploy"):
+        for folder, _, names in os.walk(os.path.join(ROOT, top)):
+            for name in sorted(n for n in names if n.endswith(".py")):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                if any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)
+                       for n in tree.body):
+                    yield os.path.relpath(path, ROOT), tree
+
+
+def test_every_tool_exits_through_cli_run():
+    """Problems a user can fix are one line and exit code 2 in every tool (ppcls.utils.cli)."""
+    outside = []
+    for rel, tree in _entry_points():
+        imported = any(isinstance(n, ast.ImportFrom) and n.module == "ppcls.utils.cli"
+                       and any(a.name == "run" for a in n.names) for n in ast.walk(tree))
+        called = any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "run"
+                     for n in ast.walk(tree))
+        if not (imported and called):
+            outside.append(rel)
+    assert outside == []
