@@ -117,9 +117,10 @@ def test_processes_on_this_node_prefers_the_local_size():
 
 
 # ------------------------------------------- applied once, by `import ppcls`, cheaply (issue 24)
-def test_importing_ppcls_reads_no_file_and_sets_nothing():
-    """The defaults wait for Paddle: `import ppcls` (and any module that needs no Paddle)
-    opens no file but its own modules, and leaves the environment alone."""
+def test_importing_ppcls_reads_no_file_and_leaves_the_cpu_variables_alone():
+    """The CPU defaults wait for Paddle: `import ppcls` (and any module that needs no
+    Paddle) opens no file but its own modules; of the environment it sets only Paddle's
+    log level, which Paddle reads as it loads."""
     code = ("import os, sys\n"
             "opened = []\n"
             "sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == 'open' "

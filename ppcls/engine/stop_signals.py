@@ -3,7 +3,8 @@
 A scheduler's SIGTERM (or `paddle.distributed.launch` stopping its workers, which sends
 SIGTERM to their process groups several times) and a first Ctrl-C only request the stop;
 a second Ctrl-C quits at once without saving. Data-loader workers ignore both (see
-`ppcls.data.WorkerSetup`).
+`ppcls.data.WorkerSetup`). The training loop then returns a `Stop` saying where it stopped,
+instead of raising, so that `latest` is saved on the way out.
 """
 
 import dataclasses
