@@ -1,8 +1,18 @@
-"""ppcls: a small PaddleClas-style framework for training and deploying MnasNet."""
+"""ppcls: a small PaddleClas-style framework for training and deploying MnasNet.
 
-from ppcls.utils.threads import set_default_threads
+Importing ppcls applies two process defaults, here and nowhere else; it reads no file and
+imports nothing else:
+  - CPU: OpenMP threads and MKL's code path, set as soon as Paddle is imported
+    (ppcls/utils/threads.py);
+  - console: Paddle's C++ INFO lines and its "No ccache found" warning off
+    (ppcls/utils/paddle_console.py).
+"""
 
-set_default_threads()  # before Paddle is imported where possible; see ppcls/utils/threads.py
+from ppcls.utils.paddle_console import quiet_paddle_console
+from ppcls.utils.threads import apply_cpu_defaults
+
+apply_cpu_defaults()
+quiet_paddle_console()
 
 # The Python API (ppcls/api.py), imported on first use so that `import ppcls` stays cheap.
 _API_NAMES = ("list_models", "create_model")

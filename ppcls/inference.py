@@ -24,24 +24,41 @@ import numpy as np
 from ppcls.data.postprocess import build_postprocess
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
 from ppcls.utils import logger
-from ppcls.utils.config import check_numbers, load_yaml
-from ppcls.utils.errors import ConfigError, shown, unknown
+from ppcls.utils.errors import ConfigError, shown
+from ppcls.utils.schema import (DEPLOY, DEPLOY_GLOBAL, INFERENCE_YML, check_numbers, defaults,
+                                read_sections)
+from ppcls.utils.threads import usable_cores
+from ppcls.utils.yaml_file import load_with_overrides, load_yaml
 from ppcls.export.model_files import (INFERENCE_CONFIG, LEGACY_PROGRAM, find_model_files,
                                       find_onnx_file, program_input_shape)
 
-# PaddleClas's inference keys (accepted even where they have no effect here) and ours.
-DEPLOY_DEFAULTS = {
-    "infer_imgs": None, "inference_model_dir": None, "batch_size": 1, "backend": "paddle",
-    "use_gpu": False, "enable_mkldnn": True, "use_openvino": True, "cpu_num_threads": 2, "benchmark": False,
-    "enable_benchmark": False, "use_fp16": False, "use_int8": False, "ir_optim": True,
-    "use_tensorrt": False, "gpu_mem": 8000, "enable_profile": False, "min_subgraph_size": 15,
-    "save_path": None, "save_log_path": None, "use_onnx": False,
-}
+# A deploy config's Global keys and their defaults (their table: ppcls/utils/schema.py).
+DEPLOY_DEFAULTS = defaults(DEPLOY_GLOBAL)
 
-# The sections of PaddleClas's inference.yml and their keys (None: checked by their builder).
-# Hpi is PaddleX's high-performance inference settings (TensorRT dynamic shapes).
-INFERENCE_YML_KEYS = {"Global": ("model_name",), "PreProcess": ("transform_ops",),
-                      "PostProcess": None, "Hpi": None}
+
+def read_deploy_config(path, overrides=()):
+    """A deploy config (deploy/python/predict_cls.py -c) with its overrides, read as a
+    training config is: its sections and Global's keys known, every Global value typed and
+    bounded once, here, with the defaults of the keys it omits; then completed from the
+    model's inference.yml (`apply_inference_config`). One line naming the file and key."""
+    config = load_with_overrides(path, overrides)
+    try:
+        read_sections(config, DEPLOY)
+        check_numbers(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    config.setdefault("Global", defaults(DEPLOY_GLOBAL))
+    g = config["Global"]
+    for key in ("infer_imgs", "inference_model_dir"):
+        if not g[key]:
+            raise ConfigError(f"Global.{key} is not set")
+    if not g["use_gpu"] and g["cpu_num_threads"] > usable_cores():
+        logger.warning(f"Global.cpu_num_threads is {g['cpu_num_threads']} but this process may use "
+                       f"{usable_cores()} cores: more threads than cores slow inference down")
+    if g["save_log_path"] and not (g["benchmark"] or g["enable_benchmark"]):
+        raise ConfigError("Global.save_log_path receives the benchmark figures: set "
+                          "-o Global.benchmark=True too, or remove save_log_path")
+    return apply_inference_config(config, path)
 
 
 def read_inference_config(path):
@@ -49,20 +66,11 @@ def read_inference_config(path):
     naming the file for broken YAML, an unknown section or key (with a did-you-mean), or
     a value its transform ops or post-processes refuse."""
     exported = load_yaml(path)
-    if not isinstance(exported, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for section, values in exported.items():
-        if section not in INFERENCE_YML_KEYS:
-            raise ConfigError(f"{path}: {unknown('section', section, list(INFERENCE_YML_KEYS))}")
-        keys = INFERENCE_YML_KEYS[section]
-        if keys is None:
-            continue
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: {section} must be a mapping")
-        for key in values:
-            if key not in keys:
-                raise ConfigError(f"{path}: {section}: {unknown('key', key, keys)}")
-    check_numbers(exported, path)
+    try:
+        read_sections(exported, INFERENCE_YML)
+        check_numbers(exported)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     if "Hpi" in exported:
         logger.info(f"{path}: Hpi (PaddleX's high-performance inference settings) has no effect here")
     build_transforms((exported.get("PreProcess") or {}).get("transform_ops"),

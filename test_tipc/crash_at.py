@@ -16,10 +16,6 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import parse_args  # noqa: E402
 from tools.train import main  # noqa: E402

@@ -14,9 +14,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()  # the rest of the tools' defaults, before Paddle is imported
+import ppcls  # noqa: E402,F401  (the tools' CPU defaults and console, before Paddle is imported)
 
 QUICK_START = os.path.join(ROOT, "configs", "quick_start", "MnasNet_B1_x0_5_digits.yaml")
 

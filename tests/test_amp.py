@@ -19,6 +19,7 @@ from conftest import QUICK_START, digits_overrides
 from ppcls.arch import build_model
 from ppcls.engine import replicas
 from ppcls.engine.amp import autocast, convert_optimizer_state, keep_float32_masters
+from ppcls.engine.checkpoints import check_weights_finite
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.engine import Engine
 from ppcls.optimizer import build_optimizer
@@ -85,7 +86,7 @@ def test_training_steps_and_their_checks_run_no_state_dict_hook(digits, tmp_path
     engine = Engine(config, "train")
     calls = hook_like_decorate(engine.model)
     engine.train_epoch(1)
-    engine._check_weights_finite(1, 6)
+    check_weights_finite(engine.model, 1, 6, engine.checkpoints)
     replicas.state_checksums([engine.model, engine.ema.model])
     assert calls == []
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import ROOT, QUICK_START
 from ppcls.arch import build_model
 from ppcls.optimizer import build_optimizer
-from ppcls.utils.config import apply_override, get_config, parse_override, validate
+from ppcls.utils.config import get_config, validate
+from ppcls.utils.yaml_file import apply_override, parse_override
 from ppcls.utils.errors import ConfigError
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -119,3 +120,52 @@ def test_tipc_auto_cast_is_named_when_it_asks_for_something(capsys):
     assert "auto_cast" not in capsys.readouterr().out
     get_config(QUICK_START, ["Global.auto_cast=amp"])
     assert "Global.auto_cast=amp has no effect here" in capsys.readouterr().out
+
+
+# ------------------------------------- one resolution: every rule checked when the config is read
+@pytest.mark.parametrize("override, message", [
+    ("Global.device=xpu", "Global.device must be cpu or gpu, got 'xpu'"),
+    ("AMP.level=O3", "AMP.level must be O1 or O2, got 'O3'"),
+    ("Global.eval_mode=retrieval", "Global.eval_mode: 'retrieval' is not supported (only "
+     "classification is implemented)"),
+    ("Global.use_multilabel=True", "Global.use_multilabel: True is not supported"),
+    ("DataLoader.Train.loader.num_workers=two", "DataLoader.Train.loader.num_workers must be int, "
+     "got 'two'"),
+    ("DataLoader.Train.loader.num_workers=-1", "DataLoader.Train.loader.num_workers must be at "
+     "least 0, got -1"),
+    ("DataLoader.Train.loader.use_shared_memory=maybe",
+     "DataLoader.Train.loader.use_shared_memory must be bool, got 'maybe'"),
+    ("Infer.batch_size=0", "Infer.batch_size must be at least 1, got 0"),
+    ("Infer.batch_size=two", "Infer.batch_size must be int, got 'two'"),
+])
+def test_values_are_checked_when_the_config_is_read(override, message):
+    """Values that used to be checked only when the Engine, the loader or tools/infer.py
+    reached them (AMP.level only with use_amp on a GPU)."""
+    with pytest.raises(ConfigError, match=re.escape(f"{QUICK_START}: {message}")):
+        get_config(QUICK_START, [override])
+
+
+def test_the_loader_is_checked_and_built_by_the_same_rules(digits, tmp_path):
+    """A misspelt loader key gets the same one line from the config check and from the
+    builder (they used to list the keys twice, with different messages)."""
+    from ppcls.data import build_dataloader
+
+    config = get_config(QUICK_START, [
+        f"DataLoader.Train.dataset.image_root={digits}",
+        f"DataLoader.Train.dataset.cls_label_path={digits}/train_small.txt"])
+    with pytest.raises(ConfigError) as from_config:
+        get_config(QUICK_START, ["DataLoader.Train.loader.num_worker=2"])
+    config["DataLoader"]["Train"]["loader"] = {"num_worker": 2}
+    with pytest.raises(ConfigError) as from_builder:
+        build_dataloader(config, "Train", 0, 10)
+    assert str(from_config.value) == f"{QUICK_START}: {from_builder.value}"
+    assert "DataLoader.Train.loader: unknown key 'num_worker' (did you mean 'num_workers'?)" in \
+        str(from_builder.value)
+
+
+def test_loader_values_arrive_typed_with_their_defaults():
+    config = get_config(QUICK_START, ["DataLoader.Train.loader={}"])
+    from ppcls.data import read_loader_section
+
+    assert read_loader_section(config, "Train").loader == {"num_workers": 0,
+                                                          "use_shared_memory": True}

@@ -17,7 +17,8 @@ from ppcls.data.dataloader import ImageNetDataset
 from ppcls.data.postprocess import read_class_id_map
 from ppcls.data.preprocess import build_transforms
 from ppcls.utils.cli import run
-from ppcls.utils.config import load_yaml, parse_args
+from ppcls.utils.config import parse_args
+from ppcls.utils.yaml_file import load_yaml
 from ppcls.utils.errors import ConfigError, DataError
 from tools import eval as eval_tool
 from tools import train as train_tool

@@ -114,3 +114,57 @@ def test_processes_on_this_node_prefers_the_local_size():
     assert processes_on_this_node({"PADDLE_LOCAL_SIZE": "4", "PADDLE_TRAINERS_NUM": "16"}) == 4
     assert processes_on_this_node({"PADDLE_TRAINERS_NUM": "3"}) == 3
     assert processes_on_this_node({}) == 1
+
+
+# ------------------------------------------- applied once, by `import ppcls`, cheaply (issue 24)
+def test_importing_ppcls_reads_no_file_and_leaves_the_cpu_variables_alone():
+    """The CPU defaults wait for Paddle: `import ppcls` (and any module that needs no
+    Paddle) opens no file but its own modules; of the environment it sets only Paddle's
+    log level, which Paddle reads as it loads."""
+    code = ("import os, sys\n"
+            "opened = []\n"
+            "sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == 'open' "
+            "else None)\n"
+            "import ppcls, ppcls.arch.backbone.model_zoo.mnasnet.variants\n"
+            "print([p for p in opened if not p.endswith(('.py', '.pyc'))])\n"
+            "print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('MKL_DEBUG_CPU_TYPE'), "
+            "os.environ.get('GLOG_minloglevel'), 'paddle' in sys.modules)")
+    out = run_user_script(code).stdout.splitlines()
+    assert out == ["[]", "None None 1 False"]
+
+
+def test_importing_paddle_after_ppcls_gives_it_its_threads_without_its_warning():
+    done = run_user_script("import os, ppcls, paddle; from ppcls.utils.threads import node_share; "
+                           "print(os.environ['OMP_NUM_THREADS'] == str(node_share()))")
+    assert done.stdout.split() == ["True"]
+    assert "OMP_NUM_THREADS set to" not in done.stderr, done.stderr
+
+
+def test_a_thread_count_set_before_paddle_loads_is_kept():
+    done = run_user_script("import os, ppcls; os.environ['OMP_NUM_THREADS'] = '1'; import paddle; "
+                           "print(os.environ['OMP_NUM_THREADS'])")
+    assert done.stdout.split() == ["1"]
+
+
+def calls_in(path, names):
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return [n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id
+            for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, "id", None) in names or getattr(n.func, "attr", None) in names)]
+
+
+def python_files(*tops):
+    for top in tops:
+        for folder, _, names in os.walk(os.path.join(ROOT, top)):
+            yield from (os.path.join(folder, n) for n in names if n.endswith(".py"))
+
+
+def test_only_ppcls_init_applies_the_defaults():
+    appliers = {"set_default_threads", "apply_cpu_defaults", "quiet_paddle_console"}
+    calling = sorted(os.path.relpath(p, ROOT) for p in python_files("ppcls", "tools", "deploy",
+                                                                    "test_tipc")
+                     if calls_in(p, appliers))
+    assert calling == ["ppcls/__init__.py", "ppcls/utils/threads.py"]  # its own, for old callers

@@ -22,6 +22,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
+from ppcls.utils.cli import run  # noqa: E402
 
 
 def variant_records():
@@ -265,9 +266,6 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before Paddle is imported
-    from ppcls.utils.threads import set_default_threads
-
-    set_default_threads()
     if args.worker:
         return run_worker(args)
     import platform
@@ -293,4 +291,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, sys.argv[1:]))

@@ -15,6 +15,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.cli import run  # noqa: E402
 from tools.benchmark import median_ms, variant_records  # noqa: E402
 
 # Our name -> (library, constructor name) of the same architecture in PyTorch: torchvision's
@@ -204,9 +205,6 @@ def run_worker(args):
     import json
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before the framework is imported
-    from ppcls.utils.threads import set_default_threads
-
-    set_default_threads()
     if args.worker == "torch":
         bench = TorchBench(args.threads)
         variants = {"torch": contextlib.nullcontext}
@@ -314,4 +312,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

@@ -35,6 +35,8 @@ import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+from ppcls.utils.cli import run  # noqa: E402
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -56,9 +58,6 @@ def time_epochs(make_batches, epochs):
 
 def ours_loader(args, normalize_on_device=None):
     sys.path.insert(0, ROOT)
-    from ppcls.utils.threads import set_default_threads
-
-    set_default_threads()  # before Paddle is imported
     from ppcls.data import build_dataloader
     from ppcls.utils.config import class_num_of, get_config
 
@@ -175,7 +174,7 @@ def compare(args):
                   f"{figures[1] / theirs[1]:.2f}x images/s per core")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("-o", "--override", action="append", default=[])
@@ -189,7 +188,7 @@ def main():
     parser.add_argument("--fetch", action="store_true", help="time reader_cost instead")
     parser.add_argument("--step-ms", type=float, default=30.0)
     parser.add_argument("--child", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(PIPELINES[args.child](args)))
     elif args.fetch:
@@ -203,4 +202,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

@@ -7,10 +7,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
 from ppcls.engine.engine import Engine  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config, parse_args  # noqa: E402

@@ -8,10 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
+import ppcls  # noqa: E402,F401  (first: its CPU defaults apply as Paddle loads)
 import paddle  # noqa: E402
 
 from ppcls.export.inference_model import export_inference_model  # noqa: E402

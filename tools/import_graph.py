@@ -24,6 +24,8 @@ import sys
 from typing import Dict, NamedTuple
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+from ppcls.utils.cli import run  # noqa: E402
 
 
 class Edge(NamedTuple):
@@ -191,4 +193,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, sys.argv[1:]))

@@ -8,10 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
+import ppcls  # noqa: E402,F401  (first: its CPU defaults apply as Paddle loads)
 import paddle  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
@@ -48,7 +45,7 @@ def main(args):
                             Preprocessor(transforms, "Infer.transforms", input_shape),
                             ModelRunner(run, input_shape, "dygraph"),
                             build_postprocess(infer.get("PostProcess"), "Infer.PostProcess"),
-                            int(infer.get("batch_size", 1)))
+                            infer["batch_size"])
     print_results(results)
     if infer.get("save_path"):
         save_results(results, infer["save_path"])

@@ -12,9 +12,13 @@ The train/val split is fixed (stratified, 20% val, split seed 0): 1,437 train, 3
 
 import argparse
 import os
+import sys
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.cli import run  # noqa: E402
 
 
 def split_indices(labels, val_fraction=0.2, seed=0):
@@ -66,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

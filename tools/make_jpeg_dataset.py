@@ -15,9 +15,13 @@ decoding costs what it costs on ImageNet, and no two files are alike. Fixed by -
 
 import argparse
 import os
+import sys
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.cli import run  # noqa: E402
 
 
 def source_photos():
@@ -59,16 +63,16 @@ def write_dataset(out, images=1024, classes=8, seed=0, width_range=(400, 640),
     return os.path.join(out, "train_list.txt")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="dataset/jpeg_bench")
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     path = write_dataset(args.out, args.images, args.classes, args.seed)
     print(f"wrote {args.images} JPEGs in {args.classes} class folders and {path}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

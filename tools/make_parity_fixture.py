@@ -11,8 +11,13 @@ JSON it writes.
 import argparse
 import json
 import math
+import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.cli import run  # noqa: E402
 
 RECIPE = ("for entry in keys: rng = numpy.random.default_rng([seed, entry['index']]); "
           "value = rng.uniform(a, b, shape) if dist == 'uniform' else rng.normal(a, b, shape); "
@@ -110,7 +115,7 @@ def make_features_fixture(arch, seed, input_shape=(1, 3, 96, 96)):
                 modules=info.module_name(), maps=entries)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", required=True, choices=("torchvision", "timm"))
     parser.add_argument("--arch", required=True, help="reference name, e.g. mnasnet0_75")
@@ -118,7 +123,7 @@ def main():
     parser.add_argument("--features", action="store_true",
                         help="timm only: the features_only model's maps (make_features_fixture)")
     parser.add_argument("out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.features and args.source != "timm":
         parser.error("--features: timm is the reference for features_only")
     fixture = (make_features_fixture(args.arch, args.seed) if args.features
@@ -128,4 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

@@ -27,6 +27,8 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from ppcls.utils.cli import run  # noqa: E402
 SAMPLES, SEED = 512, 20260501
 
 
@@ -164,11 +166,11 @@ def make_fixture(command, dump=None):
         presets=list(presets.values()), entries=entries)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out")
     parser.add_argument("--dump", help="also write the full tensors to this .npz (scratch)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     command = "python tools/make_transform_fixture.py " + os.path.relpath(args.out, ROOT)
     fixture = make_fixture(command, args.dump)
     with open(args.out, "w") as f:
@@ -178,4 +180,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 from ppcls.arch import build_model  # noqa: E402
 from ppcls.arch.backbone.model_zoo.mnasnet.variants import VARIANT_BY_NAME, VARIANTS  # noqa: E402
+from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.model_stats import count_macs, count_params  # noqa: E402
 
 
@@ -44,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, sys.argv[1:]))

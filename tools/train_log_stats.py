@@ -16,8 +16,13 @@ with the run's last loss as JSON.
 
 import argparse
 import json
+import os
 import re
 import statistics
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from ppcls.utils.cli import run  # noqa: E402
 
 LINE = re.compile(r"\[Train\]\[Epoch (\d+)/\d+\]\[Iter: (\d+)/\d+\].*batch_cost: ([\d.]+)s, "
                   r"reader_cost: ([\d.]+)s")
@@ -62,14 +67,14 @@ def summarise(timings):
             "reader_cost_median": statistics.median(reader)}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", help="train.log files")
     parser.add_argument("--ips", action="store_true", help="print the benchmark's ips instead")
     parser.add_argument("--skip_steps", type=int, default=2)
     parser.add_argument("--device_num", type=int, default=1, help="processes that trained")
     parser.add_argument("--speed_log_file", help="with --ips: also write the figures as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.ips:
         for path in args.logs:
             result = speed(path, args.skip_steps, args.device_num)
@@ -90,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main, sys.argv[1:]))

@@ -13,74 +13,20 @@ import sys
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from ppcls.utils.threads import set_default_threads, usable_cores  # noqa: E402
-
-set_default_threads()  # before Paddle is imported
-
 import numpy as np  # noqa: E402
 
 from ppcls.data.postprocess import build_postprocess  # noqa: E402
-from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, apply_inference_config,  # noqa: E402
-                             backend_of, list_images, predict_files, print_results, running_precision,
-                             save_results)
+from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, backend_of,  # noqa: E402,F401
+                             list_images, predict_files, print_results, read_deploy_config,
+                             running_precision, save_results)
 from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
-from ppcls.utils.config import (INT32_MAX, apply_override, check_numbers, load_yaml,  # noqa: E402
-                                parse_args, parse_override)
-from ppcls.utils.errors import ConfigError, shown, unknown  # noqa: E402
-
-SECTIONS = ("Global", "PreProcess", "PostProcess")
+from ppcls.utils.config import parse_args  # noqa: E402
 
 
 def load_config(path, overrides):
-    config = load_yaml(path)
-    for text in overrides:
-        apply_override(config, *parse_override(text))
-    for section in config:
-        if section not in SECTIONS:
-            raise ConfigError(f"{path}: {unknown('section', section, SECTIONS)}")
-    for key in config.get("PreProcess") or {}:
-        if key != "transform_ops":
-            raise ConfigError(f"{path}: PreProcess: {unknown('key', key, ['transform_ops'])}")
-    check_numbers(config, path)
-    for key, value in (config.get("Global") or {}).items():
-        if key not in DEPLOY_DEFAULTS:
-            raise ConfigError(f"{path}: Global: {unknown('key', key, list(DEPLOY_DEFAULTS))}")
-        check_deploy_value(key, value, path)
-    config["Global"] = g = {**DEPLOY_DEFAULTS, **(config.get("Global") or {})}
-    for key in ("infer_imgs", "inference_model_dir"):
-        if not g[key]:
-            raise ConfigError(f"Global.{key} is not set")
-    if not g["use_gpu"] and int(g["cpu_num_threads"]) > usable_cores():
-        logger.warning(f"Global.cpu_num_threads is {g['cpu_num_threads']} but this process may use "
-                       f"{usable_cores()} cores: more threads than cores slow inference down")
-    if g["save_log_path"] and not (g["benchmark"] or g["enable_benchmark"]):
-        raise ConfigError("Global.save_log_path receives the benchmark figures: set "
-                          "-o Global.benchmark=True too, or remove save_log_path")
-    return apply_inference_config(config, path)
-
-
-# Largest deploy Global integers: a batch's images are all held at once.
-DEPLOY_MAXIMUMS = {"batch_size": 4096, "cpu_num_threads": 1024}
-
-
-def check_deploy_value(key, value, path):
-    """A Global value of the type of its default (a path, a list of paths or null where
-    that is null), and integers positive and bounded."""
-    default = DEPLOY_DEFAULTS[key]
-    if default is None:
-        valid = value is None or isinstance(value, str) or (
-            isinstance(value, list) and all(isinstance(v, str) for v in value))
-    elif isinstance(default, (bool, str)):
-        valid = isinstance(value, type(default))
-    else:
-        valid = (isinstance(value, int) and not isinstance(value, bool)
-                 and 1 <= value <= DEPLOY_MAXIMUMS.get(key, INT32_MAX))
-    if not valid:
-        kind = ("a path or null" if default is None else "true or false" if isinstance(default, bool)
-                else "a string" if isinstance(default, str)
-                else f"an integer from 1 to {DEPLOY_MAXIMUMS.get(key, INT32_MAX)}")
-        raise ConfigError(f"{path}: Global.{key} must be {kind}, got {shown(value)}")
+    """The deploy config, typed and completed from the model's inference.yml (ppcls.inference)."""
+    return read_deploy_config(path, overrides)
 
 
 def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, repeats=20):
@@ -111,7 +57,7 @@ def main(args):
                               "PreProcess.transform_ops", run_batch.input_shape)
     postprocess = build_postprocess(config.get("PostProcess"), "PostProcess")
     files = list_images(g["infer_imgs"])
-    results = predict_files(files, preprocess, run_batch, postprocess, int(g["batch_size"]))
+    results = predict_files(files, preprocess, run_batch, postprocess, g["batch_size"])
     print_results(results)
     if g["save_path"]:
         save_results(results, g["save_path"])
@@ -119,7 +65,7 @@ def main(args):
     if (g["benchmark"] or g["enable_benchmark"]) and not readable:
         logger.warning("benchmark: no image could be predicted, so nothing was timed")
     elif g["benchmark"] or g["enable_benchmark"]:
-        ms = benchmark(readable, preprocess, run_batch, postprocess, int(g["batch_size"]))
+        ms = benchmark(readable, preprocess, run_batch, postprocess, g["batch_size"])
         where = "GPU" if g["use_gpu"] else f"{g['cpu_num_threads']} threads"
         line = (f"benchmark ({backend}, {running_precision(g)}, batch {g['batch_size']}, "
                 f"{where}): preprocess {ms['preprocess']:.3f} ms, "

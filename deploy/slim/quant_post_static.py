@@ -26,10 +26,6 @@ import tempfile
 
 os.environ.setdefault("FLAGS_enable_pir_api", "0")  # before Paddle is imported: see above
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from ppcls.utils.threads import set_default_threads  # noqa: E402
-
-set_default_threads()
-
 import numpy as np  # noqa: E402
 
 from ppcls.inference import Preprocessor, read_inference_config  # noqa: E402

@@ -14,21 +14,23 @@ import os
 import random
 import signal
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import paddle
 
 from ppcls.data.bad_images import BadImagePolicy
 from ppcls.data.dataloader import ImageNetDataset
-from ppcls.data.preprocess import BATCH_OPS, NormalizeImage, ToCHWImage
+from ppcls.data.preprocess import BATCH_OPS, NormalizeImage, ToCHWImage, build_transforms
 from ppcls.data.preprocess.batch_ops import mix_images
 from ppcls.data.sampler import SAMPLERS
 from ppcls.utils import logger
-from ppcls.utils.errors import ConfigError, DataError, shown
-from ppcls.utils.factory import create, create_list, split_spec
+from ppcls.utils.errors import ConfigError, DataError, unknown
+from ppcls.utils.factory import check, create, create_list, split_spec
+from ppcls.utils.schema import LOADER, read_section
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}
-LOADER_KEYS = ("num_workers", "use_shared_memory")
+SECTION_KEYS = ("dataset", "sampler", "loader")  # of DataLoader.<Train|Eval>
 SHARED_MEMORY_DIR = "/dev/shm"
 # Paddle's DataLoader keeps prefetch_factor (2) batches per worker under way and as many
 # per device in its queue to the training process, all in shared memory.
@@ -195,19 +197,73 @@ def sample_bytes(dataset):
     return 0
 
 
-def build_dataset(section, where, mode):
+class LoaderSection(NamedTuple):
+    """DataLoader.<Train|Eval> of a config, split into what builds the loader."""
+
+    where: str  # "DataLoader.Train"
+    dataset: str
+    dataset_args: dict  # without batch_transform_ops
+    batch_ops: list  # their config entries, or None
+    sampler: str
+    sampler_args: dict
+    loader: dict  # LOADER's keys, typed, with their defaults
+
+
+def read_loader_section(config, mode):
+    """DataLoader.<mode>, every key of it known and the loader's values typed (the same
+    steps, and messages, for the config check and the builder); None when absent."""
+    where = f"DataLoader.{mode}"
+    section = (config.get("DataLoader") or {}).get(mode)
+    if not section:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    for key in section:
+        if key not in SECTION_KEYS:
+            raise ConfigError(f"{where}: {unknown('key', key, SECTION_KEYS)}")
     spec = copy.deepcopy(section.get("dataset"))
     if not spec:
         raise ConfigError(f"{where}.dataset is missing")
     name, args = split_spec(spec, f"{where}.dataset")
-    batch_specs = args.pop("batch_transform_ops", None)
+    batch_ops = args.pop("batch_transform_ops", None)
+    sampler, sampler_args = split_spec(section.get("sampler") or {}, f"{where}.sampler")
+    loader = read_section(section.get("loader"), LOADER, f"{where}.loader")
+    return LoaderSection(where, name, args, batch_ops, sampler, sampler_args, loader)
+
+
+def sampler_inputs(dataset=None, seed=0, mode="Train"):
+    """What the loader gives a sampler, which a config may not: the dataset, the common
+    seed, and whether shards are padded (in training, so that every rank steps together)."""
+    return {"dataset": dataset, "seed": seed, "pad": mode == "Train"}
+
+
+def batch_operators(section, class_num):
+    return create_list(BATCH_OPS, section.batch_ops, f"{section.where}.dataset.batch_transform_ops",
+                       kind="batch operator", injected={"class_num": class_num})
+
+
+def check_dataloader(config, mode):
+    """DataLoader.<mode> checked by the rules that build it, without reading any data.
+    Absent, it is required only where it is used, which says so."""
+    section = read_loader_section(config, mode)
+    if section is None:
+        return
+    where = section.where
+    check(DATASETS, section.dataset, section.dataset_args, f"{where}.dataset", kind="dataset")
+    build_transforms(section.dataset_args.get("transform_ops"), f"{where}.dataset.transform_ops")
+    batch_operators(section, config["Global"]["class_num"])
+    check(SAMPLERS, section.sampler, section.sampler_args, f"{where}.sampler", kind="sampler",
+          injected=sampler_inputs())
+
+
+def build_dataset(section, mode):
+    args = dict(section.dataset_args)
     if args.get("on_bad_image") is None:  # training skips bad files, evaluation counts all
         args["on_bad_image"] = "skip" if mode == "Train" else "fail"
     try:
-        dataset = create(DATASETS, name, args, f"{where}.dataset", kind="dataset")
+        return create(DATASETS, section.dataset, args, f"{section.where}.dataset", kind="dataset")
     except (ConfigError, DataError) as err:  # the dataset cannot know which section it is
-        raise type(err)(str(err).replace("DataLoader.*", where)) from None
-    return dataset, batch_specs
+        raise type(err)(str(err).replace("DataLoader.*", section.where)) from None
 
 
 def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
@@ -216,38 +272,28 @@ def build_dataloader(config, mode, seed, class_num, normalize_on_device=None):
     NormalizeImage and the batch operators' mixing to the device (see the module's doc);
     by default on a GPU only: on a CPU it would only move that work from the loader workers
     into the training process."""
-    where = f"DataLoader.{mode}"
-    section = (config.get("DataLoader") or {}).get(mode)
-    if not section:
-        raise ConfigError(f"{where} is missing from the config")
-    dataset, batch_specs = build_dataset(section, where, mode)
+    section = read_loader_section(config, mode)
+    if section is None:
+        raise ConfigError(f"DataLoader.{mode} is missing from the config")
+    where = section.where
+    dataset = build_dataset(section, mode)
     dataset.check_labels(class_num, f"{where}.dataset.cls_label_path")
     if dataset.dropped:
         logger.warning("%s: left out %d listed image(s) that do not exist, first: %s", where,
                        len(dataset.dropped), "; ".join(" ".join(d) for d in dataset.dropped[:5]))
-    batch_ops = create_list(BATCH_OPS, batch_specs, f"{where}.dataset.batch_transform_ops",
-                            kind="batch operator", injected={"class_num": class_num})
-    sampler_name, sampler_args = split_spec(section.get("sampler") or {}, f"{where}.sampler")
-    sampler = create(SAMPLERS, sampler_name, sampler_args, f"{where}.sampler", kind="sampler",
-                     injected={"dataset": dataset, "seed": seed, "pad": mode == "Train"})
-    loader_args = dict(section.get("loader") or {})
-    for key in loader_args:
-        if key not in LOADER_KEYS:
-            raise ConfigError(f"{where}.loader: unknown key {shown(key)}; allowed: "
-                              + ", ".join(LOADER_KEYS))
+    batch_ops = batch_operators(section, class_num)
+    sampler = create(SAMPLERS, section.sampler, section.sampler_args, f"{where}.sampler",
+                     kind="sampler", injected=sampler_inputs(dataset, seed, mode))
     if normalize_on_device is None:
         normalize_on_device = paddle.device.get_device().startswith("gpu")
     # Plans of several batch operators in a row would not compose: those mix in the workers.
     normalize = split_normalize(dataset) if normalize_on_device and len(batch_ops) <= 1 else None
     dataset.settle_output_shape()  # with the operators the workers will run
-    num_workers = int(loader_args.get("num_workers", 0))
-    use_shared_memory = bool(loader_args.get("use_shared_memory", True))
-    if use_shared_memory and num_workers > 0:
-        check_shared_memory(sample_bytes(dataset) * sampler.batch_size, num_workers, where)
+    workers = section.loader["num_workers"]
+    if section.loader["use_shared_memory"] and workers > 0:
+        check_shared_memory(sample_bytes(dataset) * sampler.batch_size, workers, where)
     loader = paddle.io.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=Collate(batch_ops, normalize is not None),
-        worker_init_fn=WorkerSetup(),
-        num_workers=num_workers, use_shared_memory=use_shared_memory,
-        return_list=True)
+        worker_init_fn=WorkerSetup(), return_list=True, **section.loader)
     return ClassificationLoader(loader, BadImagePolicy(dataset, where, sampler.shard_size()),
                                 normalize)

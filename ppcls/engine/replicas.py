@@ -1,8 +1,12 @@
 """What the data-parallel processes (ranks) must agree on, in one place.
 
 Data parallelism averages gradients, so the trained weights stay identical on every rank,
-but three things would otherwise differ between ranks:
-  - the seed, when none is configured (each rank would draw its own): `common_seed`;
+but some things would otherwise differ between ranks or be done by all of them at once:
+  - the seed, when none is configured (each rank would draw its own): `run_seed`;
+  - work one process does for the others: rank 0 creates and locks the output folder,
+    one process per machine downloads the weights (`download_once_per_machine`), and
+    every rank learns whether that failed (`done_by_one`), so that all stop together;
+  - stopping (a signal on one rank, a NaN loss on one rank): `any_rank`;
   - BatchNorm running statistics, which every rank updates from its own shard:
     `average_statistics` replaces them, on every rank, by their mean over the ranks (as
     timm's `distribute_bn` does with reduce=True). The engine calls it before every
@@ -11,14 +15,45 @@ but three things would otherwise differ between ranks:
     for the EMA copy), so averaging them now and then gives the same statistics as
     averaging them after every step; a resumed run therefore continues exactly;
   - which images were unreadable: `gather_lists` brings them to rank 0's log.
-`epoch_coverage` checks the consequence of a common seed at every epoch end: the ranks'
-shards together hold every sample once (see ppcls/data/sampler.py for padding).
-Every function is a no-op for a single process.
+At every epoch end, `check_epoch_coverage` checks the consequence of a common seed (the
+ranks' shards together hold every sample once; see ppcls/data/sampler.py for padding) and
+`sync_after_epoch` averages the statistics and checks that every rank holds bitwise the
+same weights. Every collective is skipped for a single process.
 """
+
+import os
 
 import numpy as np
 import paddle
 import paddle.distributed as dist
+
+from ppcls.utils import logger
+from ppcls.utils.errors import ConfigError, WeightsError
+from ppcls.weights import fetch
+
+
+def start_processes(device):
+    """(world size, rank) of this process, on `device`, the processes' group started."""
+    if device == "gpu" and not paddle.is_compiled_with_cuda():
+        raise ConfigError("Global.device is gpu but this Paddle has no CUDA: install "
+                          "paddlepaddle-gpu, or use -o Global.device=cpu")
+    paddle.set_device(device)
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    if world_size > 1:
+        dist.init_parallel_env()
+    return world_size, rank
+
+
+def run_seed(saved_state, configured, world_size):
+    """The run's seed, the same on every rank: a resumed checkpoint's, else Global.seed,
+    else one drawn now (rank 0's)."""
+    if saved_state is not None:
+        seed = int(saved_state["seed"])
+    elif configured is not None:
+        seed = int(configured)
+    else:
+        seed = int.from_bytes(os.urandom(4), "little") >> 1
+    return common_seed(seed, world_size)
 
 
 def common_seed(seed, world_size):
@@ -122,3 +157,66 @@ def gather_lists(items, world_size):
     gathered = []
     dist.all_gather_object(gathered, list(items))
     return [item for part in gathered for item in part]
+
+
+def done_by_one(task, doer, world_size, elsewhere):
+    """Run `task` on the processes where `doer` is True while the others wait; then every
+    process raises if it failed on any: the doer its own error, the others `elsewhere`
+    (an error saying where to look). Returns what `task` returned (None elsewhere)."""
+    result, error = None, None
+    if doer:
+        try:
+            result = task()
+        except (ConfigError, WeightsError) as err:
+            error = err
+    if world_size > 1:
+        (failed,) = any_rank([error is not None], world_size)
+        if failed and error is None:
+            raise elsewhere
+    if error is not None:
+        raise error
+    return result
+
+
+def download_once_per_machine(downloads, world_size, rank):
+    """Weights named by URL are downloaded by one process per machine while the others
+    wait; then all of them find the file in the cache (no two write one file). A single
+    process downloads them when it loads them."""
+    if world_size == 1 or not downloads:
+        return
+
+    def fetch_all():
+        for url, sha256, max_bytes in downloads:
+            fetch(url, sha256=sha256, max_bytes=max_bytes)
+
+    done_by_one(fetch_all, int(os.environ.get("PADDLE_LOCAL_RANK", rank)) == 0, world_size,
+                WeightsError("downloading the weights failed on another process: see its "
+                             "log (workerlog.0 under the launch log_dir)"))
+
+
+def check_epoch_coverage(sampler, epoch, world_size):
+    """The ranks' shards of this epoch hold every sample once, up to the sampler's
+    padding; an overlap would mean the ranks planned with different seeds."""
+    n = sampler.dataset_size
+    distinct, trained = epoch_coverage(sampler.epoch_indices(), n, world_size)
+    padding = max(0, sampler.shard_size() * world_size - n)
+    if trained - distinct > padding:
+        raise RuntimeError(f"epoch {epoch}: the {world_size} processes trained on {trained} "
+                           f"samples but only {distinct} distinct ones: their data shards "
+                           "overlap (they planned with different seeds)")
+    logger.info("[Train][Epoch %d] %d process(es) trained on %d of the %d samples (%d "
+                "padding repeats, %d left out by drop_last)", epoch, world_size,
+                distinct, n, trained - distinct, n - distinct)
+
+
+def sync_after_epoch(models, epoch, world_size):
+    """At each epoch end: average the statistics, then check that the replicas hold
+    bitwise-identical weights, statistics and EMA (a mismatch means they diverged)."""
+    if world_size == 1:
+        return
+    average_statistics(models, world_size)
+    if not identical_on_all_ranks(models, world_size):
+        raise RuntimeError(f"data-parallel replicas hold different weights after epoch "
+                           f"{epoch}; the processes diverged")
+    logger.info("[Train][Epoch %d] %d replicas hold identical weights and averaged BN "
+                "statistics%s", epoch, world_size, " (model and EMA)" if len(models) > 1 else "")

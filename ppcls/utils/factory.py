@@ -11,7 +11,7 @@ every `__init__` along its bases.
 
 import inspect
 
-from ppcls.utils.config import SECTIONS, is_instance, type_names
+from ppcls.utils.schema import SECTIONS, is_instance, type_names
 from ppcls.utils.errors import ConfigError, shown, unknown
 
 _SIMPLE_TYPES = (int, float, bool, str, list, dict)

@@ -7,32 +7,44 @@ tensor, float32, one square filter per channel, no bias. Anything else (GPU, sta
 and exported models, other shapes) goes to `paddle.nn.functional.conv2d`, so exported
 inference models never depend on the custom operator.
 
-The operator is compiled on first use with `paddle.utils.cpp_extension.load` and cached
-in the cache's `ops` folder (ppcls/utils/cache.py, e.g. ~/.cache/ppcls/ops), keyed by the
-source, Paddle's version and the compiler flags. If it cannot be built, one warning says
-why and the built-in kernel is used. PPCLS_DEPTHWISE_CONV=builtin turns it off.
+The operator is compiled on first use with `paddle.utils.cpp_extension.load` (one log line
+says so, one how long it took) and cached in the cache's `ops` folder (ppcls/utils/cache.py,
+e.g. ~/.cache/ppcls/ops), keyed by the source, Paddle's version and the compiler flags;
+later runs register the cached library with Paddle directly, without Paddle's `load` (which
+starts a `setup.py build` child process to check it, about two seconds, every time). If it
+cannot be built, one warning says why and the built-in kernel is used.
+PPCLS_DEPTHWISE_CONV=builtin turns it off.
 """
 
+import contextlib
 import fcntl
 import hashlib
-import contextlib
+import io
+import logging
 import os
 import platform
 import shutil
+import sys
+import tempfile
 import threading
+import time
 import warnings
 
 import paddle
 import paddle.nn.functional as F
+from paddle import _C_ops
 
+from ppcls.utils import logger
 from ppcls.utils.cache import cache_dir
 from ppcls.utils.threads import cpu_info
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv.cc")
-OP_NAME = "ppcls_depthwise_conv2d"
+NAME = "ppcls_depthwise_conv"  # the library's
+OP_NAME = "ppcls_depthwise_conv2d"  # the operator's (PD_BUILD_OP in depthwise_conv.cc)
+BUILD_LAYOUT = "source copied into the build folder"  # part of the cache key
 
 _lock = threading.Lock()
-_module = None  # the loaded op module, False after a failed build
+_module = None  # True once the op is registered, False after a failed build
 _enabled = os.environ.get("PPCLS_DEPTHWISE_CONV", "custom") != "builtin"
 
 
@@ -63,26 +75,106 @@ def link_flags():
 
 def _build_directory(flags):
     with open(SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + paddle.__version__.encode()
-                             + " ".join(flags).encode()).hexdigest()[:16]
+        key = hashlib.sha256(f.read() + paddle.__version__.encode() + " ".join(flags).encode()
+                             + BUILD_LAYOUT.encode()).hexdigest()[:16]
     return os.path.join(cache_dir("ops"), f"depthwise_conv-{key}")
 
 
-def _build():
-    """Compile (once per cache key; processes wait on a file lock) and load the op."""
-    from paddle.utils.cpp_extension import load
+def _library(directory):
+    return os.path.join(directory, NAME, f"{NAME}.so")
 
+
+def _build_or_load():
+    """Compile (once per cache key; processes wait on a file lock) or load the op, which is
+    then registered with Paddle under OP_NAME."""
     flags, ldflags = compiler_flags(), link_flags()
     directory = _build_directory(flags + ldflags)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of one job starting together build once
-        source = _source_copy(directory)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="No ccache found")
-            return load(name="ppcls_depthwise_conv", sources=[source],
-                        extra_cxx_cflags=flags, extra_ldflags=ldflags,
-                        build_directory=directory, verbose=False)
+        if not _registered(_library(directory)):
+            _compile(directory, flags, ldflags)
+    return True
+
+
+def _registered(library):
+    """Registers a library built before; False when there is none, or it is not loadable
+    (a build killed while linking): it is then built again."""
+    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+
+    if not os.path.isfile(library):
+        return False
+    try:
+        load_op_meta_info_and_register_op(library)
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, a rebuild replaces it
+        os.remove(library)
+        return False
+    return True
+
+
+def _compile(directory, flags, ldflags):
+    """Paddle's `load` builds the op in a `setup.py build` child process and registers it.
+    The source is copied into the build folder first: Paddle rebuilds whenever the source
+    path it recorded changes, which would happen on every switch between two checkouts
+    sharing the cache. What Paddle and the child print (its progress line, its logger, the
+    child's import warnings) is replaced by our two lines; a failed build's output becomes
+    part of the one warning `custom_op` gives."""
+    from paddle.utils.cpp_extension import load
+
+    source = _source_copy(directory)
+    logger.info("building the fast CPU depthwise convolution kernel in %s (first use with "
+                "this Paddle and these compiler flags; later runs load it)", directory)
+    start = time.monotonic()
+    failure = None
+    with _build_output_kept() as output:
+        try:
+            load(name=NAME, sources=[source], extra_cxx_cflags=flags, extra_ldflags=ldflags,
+                 build_directory=directory, verbose=False)
+        except Exception as err:  # noqa: BLE001 - whatever failed, the compiler's words say why
+            failure = err
+    if failure is not None:
+        errors = [line.strip() for line in output.getvalue().splitlines() if "error" in line]
+        said = f"; the compiler said: {' | '.join(errors[:3])[:500]}" if errors else ""
+        raise RuntimeError(f"{str(failure).strip()[:300]}{said}")
+    logger.info("built the depthwise convolution kernel in %.1f s", time.monotonic() - start)
+
+
+@contextlib.contextmanager
+def _build_output_kept():
+    """Collects what the build writes: to this process's stdout and stderr (file
+    descriptors 1 and 2, which the build's child process inherits), through Python's
+    sys.stdout, and to Paddle's cpp_extension log."""
+    collected = io.StringIO()
+    paddle_log = logging.getLogger("utils.cpp_extension")
+    level = paddle_log.level
+    paddle_log.setLevel(logging.WARNING)
+    try:
+        with _descriptors_into(collected), contextlib.redirect_stdout(collected):
+            yield collected
+    finally:
+        paddle_log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _descriptors_into(collected):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no such descriptors to catch (a daemon): nothing reaches a console
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            for fd, original in enumerate(saved, start=1):
+                os.dup2(original, fd)
+                os.close(original)
+            sink.seek(0)
+            collected.write(sink.read().decode(errors="replace"))
 
 
 def _source_copy(directory):
@@ -99,17 +191,17 @@ def _source_copy(directory):
 
 
 def custom_op():
-    """The compiled op module, or None (with one warning) when it cannot be built."""
+    """True once the op is registered, or None (with one warning) when it cannot be built."""
     global _module
     if _module is None:
         with _lock:
             if _module is None:
                 try:
-                    _module = _build()
+                    _module = _build_or_load()
                 except Exception as err:  # noqa: BLE001 - any build failure means fallback
                     _module = False
                     warnings.warn(f"ppcls: could not build the fast CPU depthwise convolution "
-                                  f"({type(err).__name__}: {str(err).strip()[:300]}); using "
+                                  f"({type(err).__name__}: {str(err).strip()[:800]}); using "
                                   "Paddle's built-in kernel, which is several times slower",
                                   stacklevel=3)
     return _module or None
@@ -155,9 +247,9 @@ def applies(x, weight, bias, stride, padding, dilation, groups):
 def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """`F.conv2d` for NCHW inputs, through our kernel where it applies."""
     if applies(x, weight, bias, stride, padding, dilation, groups):
-        module = custom_op()
-        if module is not None:
-            return getattr(module, OP_NAME)(x, weight, stride, padding, dilation)
+        registered = custom_op()
+        if registered is not None:
+            return _C_ops._run_custom_op(OP_NAME, x, weight, stride, padding, dilation)[0]
     return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                     groups=groups)
 

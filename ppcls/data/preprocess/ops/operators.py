@@ -8,7 +8,6 @@ function of the sample's seed alone, whatever process or worker runs it.
 import io
 import math
 import os
-import warnings
 
 import cv2
 import numpy as np
@@ -165,9 +164,12 @@ class DecodeImage:
         self.backend = _backend(backend)
         self.to_rgb, self.channel_first = to_rgb, channel_first
         self.max_pixels = pixel_cap(max_pixels)
-        # Pillow's Image.open refuses images of more than twice its own limit before we
-        # can read their size: let it open what our cap admits
-        if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < self.max_pixels:
+        # Pillow's Image.open warns about images above its own limit and refuses those of
+        # more than twice it, before we can read their size: our cap takes its place, so
+        # Pillow is silent on every image the cap admits. (Silencing it per image instead,
+        # with warnings.catch_warnings, would reset Python's record of warnings already
+        # shown: another library's once-per-run warning would then repeat at every step.)
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < self.max_pixels:
             Image.MAX_IMAGE_PIXELS = self.max_pixels
 
     def read_header(self, data):
@@ -175,16 +177,14 @@ class DecodeImage:
         ValueError saying why the file cannot be used."""
         if not data:
             raise ValueError("empty file, not a decodable image")
-        with warnings.catch_warnings():  # Pillow warns from its own limit; the cap decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                header = Image.open(io.BytesIO(data))
-            except Image.DecompressionBombError:
-                raise ValueError(f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels, over the pixel "
-                                 f"cap of {self.max_pixels}") from None
-            # unidentified or truncated files are OSErrors; a few plugins raise the others
-            except (OSError, SyntaxError, ValueError):
-                raise ValueError("not a decodable image") from None
+        try:
+            header = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise ValueError(f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels, over the pixel "
+                             f"cap of {self.max_pixels}") from None
+        # unidentified or truncated files are OSErrors; a few plugins raise the others
+        except (OSError, SyntaxError, ValueError):
+            raise ValueError("not a decodable image") from None
         width, height = header.size
         if width * height > self.max_pixels:
             raise over_cap(width, height, self.max_pixels)
