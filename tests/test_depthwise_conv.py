@@ -164,7 +164,7 @@ def test_copies_of_the_package_at_other_paths_share_one_build(tmp_path):
     import sys
 
     env = {**os.environ, "PPCLS_CACHE_DIR": str(tmp_path / "cache")}
-    build = "import sys; from ppcls.ops import depthwise_conv as dw; dw.SOURCE = sys.argv[1]; dw._build()"
+    build = "import sys; from ppcls.ops import depthwise_conv as dw; dw.SOURCE = sys.argv[1]; dw._build_or_load()"
     stats = []
     for name in ("checkout", "site-packages"):
         copy = tmp_path / name / "depthwise_conv.cc"
