@@ -19,10 +19,9 @@ set_default_threads()  # before Paddle is imported
 
 import numpy as np  # noqa: E402
 
-from ppcls.data.postprocess import build_postprocess  # noqa: E402
-from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, apply_inference_config,  # noqa: E402
-                             backend_of, list_images, predict_files, print_results, running_precision,
-                             save_results)
+from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, apply_inference_config, list_images,  # noqa: E402
+                             print_results, save_results)
+from ppcls.predictor import Predictor  # noqa: E402
 from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import (INT32_MAX, apply_override, check_numbers, load_yaml,  # noqa: E402
@@ -32,7 +31,7 @@ from ppcls.utils.errors import ConfigError, shown, unknown  # noqa: E402
 SECTIONS = ("Global", "PreProcess", "PostProcess")
 
 
-def load_config(path, overrides):
+def load_config(path, overrides, required=("infer_imgs", "inference_model_dir")):
     config = load_yaml(path)
     for text in overrides:
         apply_override(config, *parse_override(text))
@@ -48,7 +47,7 @@ def load_config(path, overrides):
             raise ConfigError(f"{path}: Global: {unknown('key', key, list(DEPLOY_DEFAULTS))}")
         check_deploy_value(key, value, path)
     config["Global"] = g = {**DEPLOY_DEFAULTS, **(config.get("Global") or {})}
-    for key in ("infer_imgs", "inference_model_dir"):
+    for key in required:
         if not g[key]:
             raise ConfigError(f"Global.{key} is not set")
     if not g["use_gpu"] and int(g["cpu_num_threads"]) > usable_cores():
@@ -105,13 +104,9 @@ def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, r
 def main(args):
     config = load_config(args.config, args.override)
     g = config["Global"]
-    backend = backend_of(g)
-    run_batch = RUNNERS[backend](g)
-    preprocess = Preprocessor((config.get("PreProcess") or {}).get("transform_ops"),
-                              "PreProcess.transform_ops", run_batch.input_shape)
-    postprocess = build_postprocess(config.get("PostProcess"), "PostProcess")
+    predictor = Predictor(config=config)
     files = list_images(g["infer_imgs"])
-    results = predict_files(files, preprocess, run_batch, postprocess, int(g["batch_size"]))
+    results = predictor.predict(files)
     print_results(results)
     if g["save_path"]:
         save_results(results, g["save_path"])
@@ -119,12 +114,13 @@ def main(args):
     if (g["benchmark"] or g["enable_benchmark"]) and not readable:
         logger.warning("benchmark: no image could be predicted, so nothing was timed")
     elif g["benchmark"] or g["enable_benchmark"]:
-        ms = benchmark(readable, preprocess, run_batch, postprocess, int(g["batch_size"]))
+        ms = benchmark(readable, predictor.preprocessor, predictor.runner, predictor.postprocessor,
+                       int(g["batch_size"]))
         where = "GPU" if g["use_gpu"] else f"{g['cpu_num_threads']} threads"
-        line = (f"benchmark ({backend}, {running_precision(g)}, batch {g['batch_size']}, "
+        line = (f"benchmark ({predictor.backend}, {predictor.precision}, batch {g['batch_size']}, "
                 f"{where}): preprocess {ms['preprocess']:.3f} ms, "
                 f"inference {ms['inference']:.3f} ms, postprocess {ms['postprocess']:.3f} ms per image "
-                "(median of 20 runs after 5 warm-up runs)")
+                f"(median of 20 runs after 5 warm-up runs; engine {predictor.engine})")
         print(line)
         if g["save_log_path"]:
             os.makedirs(os.path.dirname(os.path.abspath(g["save_log_path"])), exist_ok=True)
