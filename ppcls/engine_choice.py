@@ -120,13 +120,7 @@ def check_named_engine(g, engine, backend, model_dir):
 
 def fastest(g, candidates, sample_shape):
     """The fastest candidate's (runner, engine), from the cache or timed now."""
-    key, path = decision_key(g, candidates), None
-    try:
-        from ppcls.utils.cache import cache_dir
-
-        path = os.path.join(cache_dir("engines"), key + ".json")
-    except (OSError, RuntimeError):  # no home folder to cache in: decide every time
-        pass
+    path = decision_path(g, candidates)
     decision = read_decision(path, candidates) if path else None
     if decision:
         logger.info(f"engine auto: {decision['engine']} ({describe(decision)}; decided before, "
@@ -155,6 +149,16 @@ def fastest(g, candidates, sample_shape):
     if path:
         write_decision(path, decision)
     return runners[decision["engine"]], decision["engine"]
+
+
+def decision_path(g, candidates):
+    """Where the decision for these settings is kept; None without a cache folder."""
+    try:
+        from ppcls.utils.cache import cache_dir
+
+        return os.path.join(cache_dir("engines"), decision_key(g, candidates) + ".json")
+    except (OSError, RuntimeError):  # no home folder to cache in: decide every time
+        return None
 
 
 def describe(decision):

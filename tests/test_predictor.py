@@ -215,3 +215,30 @@ def test_every_engine_auto_may_choose_answers_alike(model, engine):
     answer = Predictor(model["dir"], engine=engine).predict(path)
     assert answer["class_ids"] == reference["class_ids"]
     np.testing.assert_allclose(answer["scores"], reference["scores"], atol=1e-4)
+
+
+def test_benchmark_shows_the_default_and_its_engine_beside_each_engine_and_top1_per_precision(
+        model, digits, tmp_path):
+    from ppcls.inference import BF16_CPU_FLAGS
+    from ppcls.utils.threads import cpu_info
+    from tools import benchmark
+
+    bf16 = bool(set(BF16_CPU_FLAGS) & cpu_info()[1])
+    out = tmp_path / "bench"
+    assert benchmark.main(["--names", "MnasNet_small", "--size", "32", "--batch_sizes", "1", "2",
+                           "--threads", "1", "--warmup", "1", "--repeats", "2", "--rounds", "1",
+                           "--backends", "default", "paddle", "onnxruntime", "paddle_bf16",
+                           "--top1_model", str(model["dir"]), "--top1_images", str(digits),
+                           "--top1_list", str(digits / "val_odd.txt"), "--out_dir", str(out)]) == 0
+    table = (out / "benchmark.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| model |"))
+    row = next(line for line in table.splitlines() if line.startswith("| MnasNet_small |"))
+    cells = dict(zip(header.strip("|").split(" | "), row.strip("|").split(" | ")))
+    assert cells["default engine b1"].strip() in ("openvino", "onednn", "onnxruntime")
+    assert float(cells["default b2 (ms)"]) > 0 and cells["default / onnxruntime b2"].endswith("x")
+    assert ("paddle_bf16 b1 (ms)" in cells) == bf16
+    precisions = [line for line in table.splitlines() if line.startswith("| fp32 |")
+                  or line.startswith("| bf16, OpenVINO |")]
+    assert len(precisions) == (2 if bf16 else 1)
+    top1s = [float(line.split(" | ")[2]) for line in precisions]
+    assert all(0 <= t <= 100 for t in top1s) and precisions[0].split(" | ")[3] == "+0.00"
