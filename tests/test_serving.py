@@ -374,3 +374,22 @@ def test_the_port_in_use_and_a_bad_flag_are_one_line(model, tmp_path):
                            f"Global.inference_model_dir={model['model_dir']}", "--max_queue", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--max_queue must be from 1 to 4096" in done.stderr
+
+
+def test_benchmark_serving_prints_rates_and_latencies_beside_the_in_process_predictor(model, capsys,
+                                                                                      monkeypatch):
+    from tools import benchmark_serving
+
+    monkeypatch.setenv("PPCLS_CACHE_DIR", str(model["cache"]))
+    assert benchmark_serving.main(["--model_dir", str(model["model_dir"]), "-c", DEPLOY_CONFIG,
+                                   "--images", str(model["requests"][0].parent), "--clients", "1", "3",
+                                   "--seconds", "1", "--rounds", "1", "--server", "--max_batch 2"]) == 0
+    out = capsys.readouterr().out
+    assert "serve.py --max_batch 2: " in out and "batches of up to 2" in out
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines()
+            if line.startswith("| ")}
+    assert float(rows["in-process predictor"][1]) > 0
+    for clients in ("1", "3"):
+        rate, p50, p99, ratio, failed = rows[clients][1:6]
+        assert float(rate) > 0 and 0 < float(p50) <= float(p99) and ratio.endswith("x")
+        assert failed.strip(" |") == "0"
