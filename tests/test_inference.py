@@ -553,9 +553,8 @@ def test_paddlex_hpi_settings_in_inference_yml_are_named_and_run(exported, tmp_p
 
 def test_bf16_mostly_agrees_with_fp32(discerning, tmp_path):
     """Global.use_bf16 (OpenVINO in bfloat16) on a briefly trained model over 37 val images:
-    the top-1 class of fp32 for nearly all, its probability close (the quick start trained
-    20 epochs kept its val top-1 exactly, see README). Each precision in a process of its
-    own, as users run them."""
+    the top-1 class of fp32 for nearly all, and its probability close. Each precision runs in
+    a process of its own, as users run them."""
     from ppcls.inference import BF16_CPU_FLAGS
     from ppcls.utils.threads import cpu_info
 
