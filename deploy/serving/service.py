@@ -170,7 +170,7 @@ class Service:
 
     def __init__(self, predictors, limits, cores):
         self.predictor, self.limits = predictors[0], limits
-        self.class_num = self.predictor.class_num
+        self.class_num = min(p.class_num for p in predictors)  # each runs once: warm when the port opens
         self.top_k_default = self.predictor.top_k_step.topk if self.predictor.top_k_step else None
         self.batcher = Batcher(predictors, limits.max_batch)
         self.prepare_pool = concurrent.futures.ThreadPoolExecutor(cores, thread_name_prefix="prepare")
