@@ -9,8 +9,8 @@ it. `auto` takes every engine the other keys allow: Paddle Inference's OpenVINO 
 False), and ONNX Runtime when the model folder has inference.onnx (which export writes)
 and the backend is not `paddle`. It builds each, times them in turns on a batch of the
 configured size, keeps the fastest and logs the figures. No engine is fastest for every
-model here: ONNX Runtime led OpenVINO by up to 1.2x on MnasNet and trailed it on
-MnasNet-small (log/benchmark). The decision is kept in the cache's `engines/` folder, per
+model here: OpenVINO took 1.01-1.23x ONNX Runtime's time on MnasNet but 0.95x on
+MnasNet-small at batch 1 (log/benchmark). The decision is kept in the cache's `engines/` folder, per
 model content, batch size, threads and library versions, so the next start builds only
 the winner; delete the folder (or name an engine) to decide again.
 
