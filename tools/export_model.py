@@ -1,4 +1,5 @@
-"""Export a trained model for Paddle Inference (dynamic batch, softmax output).
+"""Export a trained model for Paddle Inference (dynamic batch, softmax output) and, beside it,
+as inference.onnx for ONNX Runtime.
 
     python tools/export_model.py -c CONFIG -o Global.pretrained_model=output/.../best_model \
         -o Global.save_inference_dir=./inference
@@ -12,6 +13,7 @@ import ppcls  # noqa: E402,F401  (first: its CPU defaults apply as Paddle loads)
 import paddle  # noqa: E402
 
 from ppcls.export.inference_model import export_inference_model  # noqa: E402
+from ppcls.export.model_files import ONNX_FILE  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import get_config, parse_args  # noqa: E402
 
@@ -20,7 +22,8 @@ def main(args):
     config = get_config(args.config, args.override)
     paddle.set_device("cpu")  # exporting needs no accelerator
     model_file, params_file = export_inference_model(config, config["Global"]["save_inference_dir"])
-    print(f"exported {model_file} and {params_file}")
+    onnx = os.path.join(os.path.dirname(model_file), ONNX_FILE)
+    print(f"exported {model_file} and {params_file}" + (f" (and {onnx})" if os.path.isfile(onnx) else ""))
 
 
 if __name__ == "__main__":
