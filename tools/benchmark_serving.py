@@ -215,4 +215,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ppcls.utils.cli import run
+
+    sys.exit(run(main, sys.argv[1:]))
