@@ -23,6 +23,7 @@ import numpy as np
 
 from ppcls.data.postprocess import build_postprocess
 from ppcls.data.preprocess import DecodeImage, apply_transforms, build_transforms
+from ppcls.data.preprocess.ops.operators import over_cap
 from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError, shown
 from ppcls.utils.schema import (DEPLOY, DEPLOY_GLOBAL, INFERENCE_YML, check_numbers, defaults,
@@ -36,11 +37,12 @@ from ppcls.export.model_files import (INFERENCE_CONFIG, LEGACY_PROGRAM, find_mod
 DEPLOY_DEFAULTS = defaults(DEPLOY_GLOBAL)
 
 
-def read_deploy_config(path, overrides=()):
+def read_deploy_config(path, overrides=(), required=("infer_imgs", "inference_model_dir")):
     """A deploy config (deploy/python/predict_cls.py -c) with its overrides, read as a
     training config is: its sections and Global's keys known, every Global value typed and
     bounded once, here, with the defaults of the keys it omits; then completed from the
-    model's inference.yml (`apply_inference_config`). One line naming the file and key."""
+    model's inference.yml (`apply_inference_config`). One line naming the file and key.
+    `required`: the Global keys the caller needs set (the service takes no infer_imgs)."""
     config = load_with_overrides(path, overrides)
     try:
         read_sections(config, DEPLOY)
@@ -49,7 +51,7 @@ def read_deploy_config(path, overrides=()):
         raise ConfigError(f"{path}: {err}") from None
     config.setdefault("Global", defaults(DEPLOY_GLOBAL))
     g = config["Global"]
-    for key in ("infer_imgs", "inference_model_dir"):
+    for key in required:
         if not g[key]:
             raise ConfigError(f"Global.{key} is not set")
     if not g["use_gpu"] and g["cpu_num_threads"] > usable_cores():
@@ -93,7 +95,8 @@ def apply_inference_config(config, where):
     else:
         ops = (exported.get("PreProcess") or {}).get("transform_ops")
         if not ops:
-            raise ConfigError(f"{where}: no PreProcess.transform_ops, and {path} does not exist "
+            missing = "has none" if os.path.isfile(path) else "does not exist"
+            raise ConfigError(f"{where}: no PreProcess.transform_ops, and {path} {missing} "
                               "to supply them: re-export the model with tools/export_model.py "
                               "or add PreProcess.transform_ops to the deploy config")
         config["PreProcess"] = {**(config.get("PreProcess") or {}), "transform_ops": ops}
@@ -128,11 +131,12 @@ def list_images(path):
 
 
 class Preprocessor:
-    """From an image file to what the model takes. Decoding comes first: the deploy config's
+    """From an image to what the model takes. An image is a file path, its encoded bytes,
+    or a decoded HWC uint8 RGB array. Decoding comes first: the deploy config's
     transform_ops start after it (PaddleClas's deploy decodes itself), so DecodeImage is
-    added when absent. `input_shape`: the model's (C, H, W), None for a dimension it leaves
-    open (None: not known); an image the transforms leave at another H x W is resized to it,
-    whole, and listed in `resized`."""
+    added when absent; an array skips the decoding but not its pixel cap. `input_shape`:
+    the model's (C, H, W), None for a dimension it leaves open (None: not known); an image
+    the transforms leave at another H x W is resized to it, whole, and listed in `resized`."""
 
     def __init__(self, transform_ops, where, input_shape=None):
         ops = build_transforms(transform_ops, where)
@@ -143,12 +147,36 @@ class Preprocessor:
         self.resized = []  # (file, (height, width) before resizing)
         self._rng = random.Random(0)  # inference ops are deterministic; kept for the signature
 
-    def __call__(self, path):
-        with open(path, "rb") as f:
-            data = f.read()
-        return self.fit(apply_transforms(self.ops, data, self._rng), path)
+    def __call__(self, source, name=None):
+        image, before = self.prepare(source)
+        if before is not None:
+            self.resized.append((source if name is None else name, before))
+        return image
+
+    def prepare(self, source):
+        """(the model's input for `source`, its (height, width) before `fit` resized it or
+        None). It changes no state, so threads may share one Preprocessor. A ValueError
+        or OSError says why the image cannot be used."""
+        return self._fit(apply_transforms(self.ops[1:], self.decode(source), self._rng))
+
+    def decode(self, source):
+        decode = self.ops[0]
+        if isinstance(source, np.ndarray):
+            image = checked_array(source, decode.max_pixels)
+            image = image if decode.to_rgb else image[:, :, ::-1]
+            return image.transpose(2, 0, 1) if decode.channel_first else image
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return decode(bytes(source), self._rng)
+        with open(source, "rb") as f:
+            return decode(f.read(), self._rng)
 
     def fit(self, image, path):
+        image, before = self._fit(image)
+        if before is not None:
+            self.resized.append((path, before))
+        return image
+
+    def _fit(self, image):
         channels, height, width = self.input_shape
         if image.ndim != 3 or (channels is not None and image.shape[0] != channels):
             expected = f"[{channels or 'C'}, H, W]"
@@ -156,9 +184,8 @@ class Preprocessor:
                              f"{expected}: end the transform ops with ToCHWImage")
         target = (height or image.shape[1], width or image.shape[2])
         if target == image.shape[1:]:
-            return image
-        self.resized.append((path, image.shape[1:]))
-        return resize_chw(image, target)
+            return image, None
+        return resize_chw(image, target), image.shape[1:]
 
     def log_resized(self, total):
         """One line for the images `fit` resized since `resized` was last cleared."""
@@ -167,6 +194,26 @@ class Preprocessor:
             logger.warning(f"resized {len(self.resized)} of {total} images to the model's "
                            f"{target_h}x{target_w} input, whole (first: {path}, {height}x{width} after "
                            "the transform ops); add ResizeImage and CropImage to them to choose how")
+
+
+IMAGE_SOURCES = "a file path, encoded image bytes or a decoded HWC uint8 RGB array"
+
+
+def is_image_source(value):
+    return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray))
+
+
+def checked_array(image, max_pixels):
+    """A decoded image as the transform ops take it, or a ValueError saying what is wrong."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"a decoded image must be an HWC uint8 RGB array, got shape "
+                         f"{list(image.shape)} of {image.dtype}")
+    height, width = image.shape[:2]
+    if height * width > max_pixels:
+        raise over_cap(width, height, max_pixels)
+    if height == 0 or width == 0:
+        raise ValueError(f"an empty image ({height}x{width})")
+    return image
 
 
 def resize_chw(image, size):
@@ -180,7 +227,8 @@ def resize_chw(image, size):
     return out.reshape(height, width, -1).transpose(2, 0, 1)
 
 
-def _describe(err):
+def describe_error(err):
+    """A reading or decoding error as a result's 'error' says it."""
     if isinstance(err, FileNotFoundError):
         return "file not found"
     if isinstance(err, IsADirectoryError):
@@ -188,12 +236,15 @@ def _describe(err):
     return str(err) or type(err).__name__
 
 
-def predict_files(files, preprocess, run_batch, postprocess, batch_size=1):
+def predict_files(files, preprocess, run_batch, postprocess, batch_size=1, names=None):
     """Returns one result per file, in order; `run_batch(array [N, C, H, W]) -> probs`.
-    A batch holds images of one size; see the module's docstring."""
+    `files` may also be encoded bytes or decoded arrays (see Preprocessor); `names` (one per
+    item, None for none) are the results' file_name, by default the files themselves. A
+    batch holds images of one size; see the module's docstring."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    results, pending = [None] * len(files), []  # pending: (position, file, image)
+    names = list(files) if names is None else list(names)
+    results, pending = [None] * len(files), []  # pending: (position, name, image)
     preprocess.resized.clear()
 
     def flush():
@@ -201,37 +252,64 @@ def predict_files(files, preprocess, run_batch, postprocess, batch_size=1):
             results[position] = result
         pending.clear()
 
-    for position, file in enumerate(files):
+    for position, (file, name) in enumerate(zip(files, names)):
         try:
-            image = preprocess(file)
+            image = preprocess(file, name)
         except (OSError, ValueError) as err:
-            results[position] = {"file_name": file, "error": _describe(err)}
+            results[position] = {"file_name": name, "error": describe_error(err)}
             continue
         if pending and pending[0][2].shape != image.shape:
             flush()  # a model that takes any size: a batch per size
-        pending.append((position, file, image))
+        pending.append((position, name, image))
         if len(pending) == batch_size:
             flush()
     flush()
     preprocess.log_resized(len(files))
+    for result in results:
+        if result.get("file_name", "") is None:
+            del result["file_name"]  # bytes and arrays have no file
     return results
 
 
 def _predict_batch(batch, run_batch, postprocess):
-    """(position, result) for each image of `batch`. If the engine fails on the batch, each
-    image is run alone, so that an image it cannot take costs only its own result."""
+    """(position, result) for each image of `batch` (see run_each)."""
     if not batch:
         return []
-    files = [file for _, file, _ in batch]
+    answers = run_each([image for _, _, image in batch], run_batch)
+    done, results = [], []
+    for (position, name, _), answer in zip(batch, answers):
+        if isinstance(answer, EngineFailure):
+            logger.warning(f"{name if name is not None else 'an image'}: {answer}")
+            results.append((position, {"file_name": name, "error": str(answer)}))
+        else:
+            done.append((position, name, answer))
+    if done:
+        rows = np.stack([row for _, _, row in done])
+        results += zip((position for position, _, _ in done), postprocess(rows, [n for _, n, _ in done]))
+    return sorted(results, key=lambda item: item[0])
+
+
+class EngineFailure:
+    """What an engine said when it failed on an image run alone."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def __str__(self):
+        return f"prediction failed: {self.reason}"
+
+
+def run_each(images, run_batch):
+    """Each image's probabilities (images: CHW arrays of one shape), or an EngineFailure. If
+    the engine fails on the batch, each image is run alone, so that an image it cannot take
+    costs only its own answer."""
     try:
-        probs = run_batch(np.stack([image for _, _, image in batch]).astype(np.float32))
+        return list(run_batch(np.stack(images).astype(np.float32, copy=False)))
     except Exception as err:  # noqa: BLE001 - engines raise their own types; any is this batch's
-        if len(batch) > 1:
-            return [item for one in batch for item in _predict_batch([one], run_batch, postprocess)]
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.warning(f"{files[0]}: prediction failed: {reason}")
-        return [(batch[0][0], {"file_name": files[0], "error": f"prediction failed: {reason}"})]
-    return list(zip((position for position, _, _ in batch), postprocess(probs, files)))
+        if len(images) > 1:
+            return [answer for image in images for answer in run_each([image], run_batch)]
+        text = str(err).strip()
+        return [EngineFailure(text.splitlines()[0] if text else type(err).__name__)]
 
 
 def print_results(results):
@@ -281,17 +359,19 @@ class ModelRunner:
         return probs
 
 
-def paddle_runner(g):
-    """A ModelRunner of Paddle Inference."""
+def paddle_runner(g, engine=None):
+    """A ModelRunner of Paddle Inference on `engine` ('openvino', 'onednn' or 'native' on a
+    CPU), or on the engine the keys choose (cpu_engine, gpu_plan) when None."""
     from paddle import inference
 
     model_dir = g["inference_model_dir"]
+    chosen = engine is not None or g["use_bf16"]  # asked for: no other engine in its place
     if g["use_gpu"]:
         check_gpu_build(g["use_tensorrt"])
         engine = gpu_plan(g, model_dir).engine
     else:
         check_cpu_keys(g)
-        engine = cpu_engine(g, model_dir)
+        engine = engine or cpu_engine(g, model_dir)
     try:
         predictor = inference.create_predictor(_paddle_config(g, model_dir, engine))
     except RuntimeError as error:
@@ -299,6 +379,10 @@ def paddle_runner(g):
             raise ConfigError(f"Global.use_tensorrt: Paddle Inference could not build a TensorRT "
                               f"engine for {model_dir} ({str(error).splitlines()[0].strip()}); "
                               "run without -o Global.use_tensorrt=True") from None
+        if engine == "openvino" and chosen:
+            raise ConfigError(f"OpenVINO could not convert {model_dir} "
+                              f"({str(error).splitlines()[0].strip()}): run another engine "
+                              "(-o Global.engine=auto, without use_bf16)") from None
         if engine != "openvino":
             raise
         # a program of someone else's with an operator OpenVINO cannot convert
@@ -334,7 +418,8 @@ def _paddle_config(g, model_dir, engine):
         config.set_cpu_math_library_num_threads(int(g["cpu_num_threads"]))
         if engine == "openvino":
             config.enable_new_ir(False)  # the engine's subgraph pass runs on legacy programs only
-            config.enable_openvino_engine(inference.PrecisionType.Float32)
+            config.enable_openvino_engine(inference.PrecisionType.Bfloat16 if g["use_bf16"]
+                                          else inference.PrecisionType.Float32)
             # OpenVINO keeps compiled models (a few MB each) to start faster next time; by
             # default it would write them to ./__cache__ wherever the predictor runs.
             config.set_optim_cache_dir(openvino_cache_dir())
@@ -361,11 +446,27 @@ def cpu_engine(g, model_dir):
     """'openvino', 'onednn' or 'native' (Paddle's own kernels). OpenVINO, bundled in
     Paddle's CPU wheels, is the fastest here (MnasNet-B1 batch 1 on 2 cores: about 4 ms,
     oneDNN about 7 ms; log/benchmark); it needs the legacy program that
-    tools/export_model.py writes beside inference.json, IR optimisation, and float32.
-    When it cannot run, one line says why and oneDNN (enable_mkldnn) runs instead."""
+    tools/export_model.py writes beside inference.json, IR optimisation, and float32 or
+    use_bf16. When it cannot run, one line says why and oneDNN (enable_mkldnn) runs
+    instead; with use_bf16, which only OpenVINO runs, that is a one-line refusal."""
+    if g["use_bf16"]:
+        reason = openvino_unavailable(g, model_dir)
+        if reason:
+            raise ConfigError(f"Global.use_bf16 runs on Paddle Inference's OpenVINO engine, which "
+                              f"cannot run here: {reason}")
+        return "openvino"
     fallback = cpu_fallback_engine(g)
     if not g["use_openvino"]:
         return fallback
+    reason = openvino_unavailable(g, model_dir)
+    if reason:
+        logger.info(f"Paddle Inference: OpenVINO engine not used ({reason}); running {fallback}")
+        return fallback
+    return "openvino"
+
+
+def openvino_unavailable(g, model_dir):
+    """Why Paddle Inference's OpenVINO engine cannot run this model with these keys, or None."""
     reason = None
     if g["use_fp16"] or g["use_int8"]:
         reason = "use_fp16/use_int8 run on oneDNN"
@@ -378,10 +479,7 @@ def cpu_engine(g, model_dir):
         reason = "this Paddle build does not include it"
     elif is_int8_model(os.path.join(model_dir, LEGACY_PROGRAM)):
         reason = "it cannot convert INT8-quantized programs"
-    if reason:
-        logger.info(f"Paddle Inference: OpenVINO engine not used ({reason}); running {fallback}")
-        return fallback
-    return "openvino"
+    return reason
 
 
 def cpu_fallback_engine(g):
@@ -432,6 +530,9 @@ def gpu_plan(g, model_dir):
       lists keep it; inputs and outputs stay float32).
     - use_int8 needs TensorRT (INT8 kernels from the quantized program's scales)."""
     precision = "int8" if g["use_int8"] else "fp16" if g["use_fp16"] else "fp32"
+    if g["use_bf16"]:
+        raise ConfigError("Global.use_bf16 runs OpenVINO's bfloat16 on a CPU; on a GPU use "
+                          "-o Global.use_fp16=True, or remove use_bf16")
     if not g["use_tensorrt"]:
         if g["use_int8"]:
             raise ConfigError("Global.use_int8 on a GPU runs through TensorRT: set "
@@ -471,8 +572,10 @@ def tensorrt_shape_ranges(model_file, batch_size):
 
 def running_precision(g):
     """The precision a deploy config that the predictor accepted runs in: 'int8', 'fp16' (GPU
-    mixed precision or TensorRT), 'bf16' (use_fp16 on a CPU: oneDNN's bfloat16 kernels) or
-    'fp32'. The benchmark line reports it."""
+    mixed precision or TensorRT), 'bf16' (use_fp16 on a CPU: oneDNN's bfloat16 kernels;
+    use_bf16: OpenVINO's) or 'fp32'. The benchmark line reports it."""
+    if g["use_bf16"]:
+        return "bf16"
     if g["use_int8"]:
         return "int8"
     if g["use_fp16"]:
@@ -494,6 +597,29 @@ def check_cpu_keys(g):
         if not core.supports_bfloat16():  # Paddle would run float32 and say so only in its log
             raise ConfigError("Global.use_fp16 on a CPU runs oneDNN's bfloat16 kernels, which need "
                               "AVX-512 (avx512_core); this CPU has none: remove use_fp16")
+    if g["use_bf16"]:
+        check_bf16_keys(g)
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names for bfloat16 arithmetic
+
+
+def check_bf16_keys(g, cpuinfo="/proc/cpuinfo"):
+    """use_bf16 is OpenVINO's bfloat16 inference: one precision, on a CPU that computes in
+    bfloat16 (without such instructions OpenVINO would emulate it, slower than float32)."""
+    from ppcls.utils.threads import cpu_info
+
+    if g["use_fp16"] or g["use_int8"]:
+        raise ConfigError("Global.use_bf16 cannot be combined with use_fp16 or use_int8: choose one "
+                          "precision (use_fp16 on a CPU runs oneDNN's bfloat16 kernels, use_bf16 "
+                          "OpenVINO's)")
+    if not g["use_openvino"]:
+        raise ConfigError("Global.use_bf16 runs on Paddle Inference's OpenVINO engine: remove "
+                          "use_openvino: False (or use_bf16)")
+    if not set(BF16_CPU_FLAGS) & cpu_info(cpuinfo)[1]:
+        raise ConfigError(f"Global.use_bf16 needs a CPU with bfloat16 instructions "
+                          f"({' or '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo); this one has none: "
+                          "remove use_bf16")
 
 
 def check_gpu_build(tensorrt):
@@ -583,7 +709,7 @@ def onnxruntime_providers(g):
     has; use_tensorrt and use_fp16 are Paddle Inference's (inference.onnx is float32)."""
     import onnxruntime
 
-    for key in ("use_tensorrt", "use_fp16"):
+    for key in ("use_tensorrt", "use_fp16", "use_bf16"):
         if g[key]:
             raise ConfigError(f"Global.{key} is for the paddle backend; the onnxruntime backend "
                               f"runs inference.onnx as exported (float32): remove {key}")
@@ -629,10 +755,14 @@ def check_int8(model_file, use_int8):
 RUNNERS = {"paddle": paddle_runner, "onnxruntime": onnxruntime_runner}
 
 
+BACKENDS = ("auto", *RUNNERS)  # auto: the engine choice may take either library
+
+
 def backend_of(g):
     """The backend a deploy config's Global section asks for: PaddleClas's `use_onnx: True`
-    (load <inference_model_dir>/inference.onnx) is our `backend: onnxruntime`."""
+    (load <inference_model_dir>/inference.onnx) is our `backend: onnxruntime`; `auto`
+    leaves it to Global.engine (ppcls/engine_choice.py)."""
     backend = "onnxruntime" if g.get("use_onnx") else g["backend"]
-    if backend not in RUNNERS:
-        raise ConfigError(f"Global.backend must be one of {', '.join(RUNNERS)}, got {shown(backend)}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"Global.backend must be one of {', '.join(BACKENDS)}, got {shown(backend)}")
     return backend

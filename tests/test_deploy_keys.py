@@ -195,3 +195,55 @@ def test_gpu_settings_paddle_drops_are_refused_not_run_without(model):
     plan = GpuPlan("gpu", config.prog_file(), "fp16")
     with pytest.raises(ConfigError, match=r"did not accept the GPU settings \(use_gpu, gpu, fp16\)"):
         _configure_gpu(config, settings(model, use_gpu=True, use_fp16=True), plan)
+
+
+# ------------------------------------------------------------------ use_bf16 (OpenVINO's bfloat16)
+def cpu_has_bf16():
+    from ppcls.inference import BF16_CPU_FLAGS
+    from ppcls.utils.threads import cpu_info
+
+    return bool(set(BF16_CPU_FLAGS) & cpu_info()[1])
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 instructions")
+def test_use_bf16_runs_openvino_in_bfloat16_and_says_so(model):
+    """In a process of its own, as the use_fp16 run above (a bfloat16 predictor's state)."""
+    g = settings(model, use_bf16=True)
+    assert cpu_engine(g, g["inference_model_dir"]) == "openvino"
+    config = _paddle_config(g, g["inference_model_dir"], "openvino")
+    assert config.openvino_engine_enabled() and os.path.basename(config.prog_file()) == "inference.pdmodel"
+    code, out, err = predict_in_a_process(model, "Global.use_bf16=True", "Global.benchmark=True")
+    assert code == 0, err[-2000:]
+    line = [line for line in out.splitlines() if line.startswith("benchmark")][0]
+    assert line.startswith("benchmark (paddle, bf16, batch 16, 2 threads)") and line.endswith("engine openvino)")
+
+
+@pytest.mark.parametrize("keys,named", [
+    (["Global.use_bf16=True", "Global.use_fp16=True"], "choose one precision"),
+    (["Global.use_bf16=True", "Global.use_int8=True"], "choose one precision"),
+    (["Global.use_bf16=True", "Global.use_openvino=False"], "remove use_openvino: False"),
+    (["Global.use_bf16=True", "Global.use_onnx=True"], "Global.use_bf16 is for the paddle backend"),
+    (["Global.use_bf16=True", "Global.engine=onednn"], "use_bf16 runs on the openvino engine"),
+    (["Global.use_bf16=True", "Global.ir_optim=False"], "use_bf16 runs on Paddle Inference's OpenVINO engine, "
+                                                        "which cannot run here: it runs as an IR pass"),
+], ids=["fp16", "int8", "no-openvino", "onnxruntime", "onednn", "no-ir-optim"])
+def test_use_bf16_with_a_key_it_cannot_honour_is_one_line(model, capsys, keys, named):
+    code, out, err = predict(model, capsys, *keys)
+    assert code == 2 and named in one_line_error(err) and not out.strip()
+
+
+def test_use_bf16_needs_bfloat16_instructions(model, tmp_path):
+    from ppcls.inference import check_bf16_keys
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma avx512f\n")
+    with pytest.raises(ConfigError, match=r"needs a CPU with bfloat16 instructions \(avx512_bf16 or "
+                                          r"amx_bf16 in /proc/cpuinfo\); this one has none"):
+        check_bf16_keys(settings(model, use_bf16=True), str(cpuinfo))
+    cpuinfo.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    check_bf16_keys(settings(model, use_bf16=True), str(cpuinfo))
+
+
+def test_use_bf16_on_a_gpu_is_refused(model):
+    with pytest.raises(ConfigError, match="on a GPU use -o Global.use_fp16=True"):
+        gpu_plan(settings(model, use_gpu=True, use_bf16=True), str(model["dir"]))

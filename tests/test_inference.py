@@ -549,3 +549,37 @@ def test_paddlex_hpi_settings_in_inference_yml_are_named_and_run(exported, tmp_p
     code, out = predictor_cli(exported, model_dir, capsys)
     assert code == 0, out.err
     assert "Hpi (PaddleX's high-performance inference settings) has no effect here" in out.out + out.err
+
+
+def test_bf16_mostly_agrees_with_fp32(discerning, tmp_path):
+    """Global.use_bf16 (OpenVINO in bfloat16) on a briefly trained model over 37 val images:
+    the top-1 class of fp32 for nearly all, and its probability close. Each precision runs in
+    a process of its own, as users run them."""
+    from ppcls.inference import BF16_CPU_FLAGS
+    from ppcls.utils.threads import cpu_info
+
+    if not set(BF16_CPU_FLAGS) & cpu_info()[1]:
+        pytest.skip("this CPU has no bfloat16 instructions")
+    digits, results = discerning["digits"], {}
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for i, rel in enumerate((digits / "val_odd.txt").read_text().split()[::2]):
+        shutil.copy(digits / rel, folder / f"{i:02d}.png")
+    for bf16 in (False, True):
+        done = subprocess.run([sys.executable, "deploy/python/predict_cls.py", "-c", DEPLOY_CONFIG,
+                               "-o", f"Global.inference_model_dir={discerning['model_dir']}",
+                               "-o", f"Global.infer_imgs={folder}", "-o", f"Global.use_bf16={bf16}",
+                               "-o", "Global.engine=openvino",
+                               "-o", f"Global.save_path={tmp_path / f'{bf16}.json'}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[bf16] = json.load(open(tmp_path / f"{bf16}.json"))
+    fp32, bf16 = results[False], results[True]
+    assert len(fp32) == len(bf16) == 37
+    changed = [a for a, b in zip(fp32, bf16) if a["class_ids"][0] != b["class_ids"][0]]
+    assert len(changed) <= 4, changed  # this briefly trained model has close calls
+    # the probability fp32 gives its top class, as bf16 gives it: close on average
+    moved = [abs(a["scores"][0] - dict(zip(b["class_ids"], b["scores"])).get(a["class_ids"][0], 0))
+             for a, b in zip(fp32, bf16)]
+    assert np.mean(moved) < 0.03 and max(moved) < 0.25, moved
+    assert [r["scores"] for r in bf16] != [r["scores"] for r in fp32]  # bfloat16 did run

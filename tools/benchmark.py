@@ -1,8 +1,11 @@
 """Inference latency of MnasNet variants on this machine: each variant exported fresh, then
-timed at batch 1 and 8 with Paddle Inference as the deployed predictor runs it (OpenVINO
-engine) and with oneDNN, ONNX Runtime and Paddle dygraph, beside its parameters,
+timed at batch 1 and 8 with the deployed predictor's default (`Global.engine: auto`, which
+times the engines itself and keeps the fastest: the engine it chose is shown), with each
+engine named (Paddle Inference's OpenVINO, oneDNN, ONNX Runtime), in bfloat16 (OpenVINO's,
+`use_bf16`; oneDNN's, `use_fp16`) and with Paddle dygraph, beside its parameters,
 multiply-adds, published ImageNet top-1 and the floor: the multiply-adds at this machine's
-measured peak float32 matrix-multiply rate. Each backend runs in a process of its own, as
+measured peak float32 matrix-multiply rate. With --top1_model, the top-1 of a trained model
+in each precision is printed beside the speed. Each backend runs in a process of its own, as
 a deployment would (in one process their thread pools spin against each other and slow
 whichever runs next); the backends take turns, --rounds processes each, --repeats timed runs
 per process and batch size; every figure is the median of all its runs. Writes a Markdown
@@ -10,6 +13,8 @@ table, a CSV and a PNG of published accuracy against measured latency.
 
     python tools/benchmark.py --threads 2 --out_dir log/benchmark
     python tools/benchmark.py --names MnasNet_B1_x1_0 MnasNet_A1_x1_0 --size 224
+    python tools/benchmark.py --names MnasNet_B1_x1_0 --top1_model inference/quick_start \
+        --top1_images dataset/digits/images/val --top1_list dataset/digits/val_list.txt
 """
 
 import argparse
@@ -44,6 +49,12 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="turns (processes) each backend takes")
     parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "NAME", "MODEL_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--no_dygraph", action="store_true", help="skip the dygraph timing")
+    parser.add_argument("--backends", nargs="*", default=None, choices=BACKENDS,
+                        help="the columns to time (default: all; the bfloat16 ones only on CPUs with "
+                             "bfloat16 instructions)")
+    parser.add_argument("--top1_model", help="a trained exported model: its top-1 in each precision")
+    parser.add_argument("--top1_images", help="the folder of --top1_list's images")
+    parser.add_argument("--top1_list", help="'relative/path.png label' lines")
     parser.add_argument("--out_dir", default="output/benchmark",
                         help="where the table, CSV and plot go (the committed run is in log/benchmark)")
     return parser.parse_args(argv)
@@ -60,20 +71,32 @@ def median_ms(fn, warmup, repeats):
     return statistics.median(times)
 
 
-BACKENDS = ("paddle", "paddle_onednn", "onnxruntime", "dygraph")
+# default: the predictor's deploy defaults (Global.engine auto); paddle: Paddle Inference's
+# engine by the keys (OpenVINO); paddle_bf16: use_bf16 (OpenVINO bfloat16); paddle_onednn_bf16:
+# use_fp16 on a CPU (oneDNN bfloat16)
+BACKENDS = ("default", "paddle", "paddle_onednn", "onnxruntime", "paddle_bf16", "paddle_onednn_bf16",
+            "dygraph")
+BF16_BACKENDS = ("paddle_bf16", "paddle_onednn_bf16")
+DEPLOY_KEYS = {"paddle_onednn": {"use_openvino": False}, "paddle_bf16": {"use_bf16": True},
+               "paddle_onednn_bf16": {"use_fp16": True, "use_openvino": False}}
 
 
-def backend_runner(backend, name, model_dir, args):
-    """run(images) -> probabilities for one backend, built in this (worker) process."""
+def backend_runner(backend, name, model_dir, args, batch):
+    """run(images) -> probabilities for one backend, built in this (worker) process, and the
+    engine that runs."""
     from ppcls.inference import DEPLOY_DEFAULTS, RUNNERS
 
-    g = {**DEPLOY_DEFAULTS, "inference_model_dir": model_dir, "cpu_num_threads": args.threads}
-    if backend == "paddle":
-        return RUNNERS["paddle"](g)
-    if backend == "paddle_onednn":
-        return RUNNERS["paddle"]({**g, "use_openvino": False})
+    g = {**DEPLOY_DEFAULTS, "inference_model_dir": model_dir, "cpu_num_threads": args.threads,
+         "batch_size": batch, **DEPLOY_KEYS.get(backend, {})}
+    if backend == "default":
+        from ppcls.engine_choice import build_runner
+
+        return build_runner(g)
+    if backend in ("paddle", "paddle_onednn", "paddle_bf16", "paddle_onednn_bf16"):
+        runner = RUNNERS["paddle"](g)
+        return runner, runner.engine
     if backend == "onnxruntime":
-        return RUNNERS["onnxruntime"](g)
+        return RUNNERS["onnxruntime"](g), "onnxruntime"
     import paddle
 
     from ppcls.export.inference_model import InferenceModel, build_inference_network
@@ -84,19 +107,22 @@ def backend_runner(backend, name, model_dir, args):
         with paddle.no_grad():
             return network(paddle.to_tensor(x)).numpy()
 
-    return run_dygraph
+    return run_dygraph, "dygraph"
 
 
 def run_worker(args):
-    """One turn of one backend: `repeats` timed runs per batch size, printed as JSON."""
+    """One turn of one backend: `repeats` timed runs per batch size, printed as JSON (the
+    default builds its runner per batch size, as a deployment of that batch size would)."""
     import json
 
     import numpy as np
 
     backend, name, model_dir = args.worker
-    run = backend_runner(backend, name, model_dir, args)
-    times = {}
+    times, engines, run = {}, {}, None
     for batch in args.batch_sizes:
+        if run is None or backend == "default":
+            run, engines[batch] = backend_runner(backend, name, model_dir, args, batch)
+        engines[batch] = engines.get(batch) or engines[args.batch_sizes[0]]
         x = np.random.default_rng(0).standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
         for _ in range(args.warmup):
             run(x)
@@ -106,16 +132,18 @@ def run_worker(args):
             run(x)
             times[batch].append((time.perf_counter() - start) * 1000)
     print("TIMES " + json.dumps(times))
+    print("ENGINES " + json.dumps(engines))
     return 0
 
 
 def time_in_turns(backends, name, model_dir, args, argv):
-    """{backend: {batch: median ms}}: each round starts one process per backend, the order
-    rotating from round to round."""
+    """({backend: {batch: median ms}}, {batch: the default's engine}): each round starts one
+    process per backend, the order rotating from round to round."""
     import json
     import subprocess
 
     times = {b: {batch: [] for batch in args.batch_sizes} for b in backends}
+    chosen = {}
     for round_ in range(args.rounds):
         for backend in backends[round_ % len(backends):] + backends[:round_ % len(backends)]:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), *argv,
@@ -127,8 +155,13 @@ def time_in_turns(backends, name, model_dir, args, argv):
                 raise SystemExit(f"error: {backend} on {name} failed: {tail[0]}")
             for batch, values in json.loads(lines[-1][len("TIMES "):]).items():
                 times[backend][int(batch)] += values
-    return {b: {batch: statistics.median(v) for batch, v in per_batch.items()}
-            for b, per_batch in times.items()}
+            if backend == "default":
+                engines = [line for line in done.stdout.splitlines() if line.startswith("ENGINES ")]
+                for batch, engine in json.loads(engines[-1][len("ENGINES "):]).items():
+                    chosen.setdefault(int(batch), set()).add(engine)
+    return ({b: {batch: statistics.median(v) for batch, v in per_batch.items()}
+             for b, per_batch in times.items()},
+            {batch: "/".join(sorted(engines)) for batch, engines in chosen.items()})
 
 
 def peak_gflops(threads, size=1024, repeats=10):
@@ -174,13 +207,16 @@ def measure_variant(name, args, argv, work_dir, gflops):
     model_dir = os.path.join(work_dir, name)
     export_inference_model(config, model_dir)
     export_onnx(model_dir)
+    forget_engine_decisions(model_dir, args)
     network = build_inference_network(config)
     macs = count_macs(network, args.size)
     row = {"model": name, "params_M": count_params(network) / 1e6, "MACs_M": macs / 1e6}
-    backends = [b for b in BACKENDS if not (args.no_dygraph and b == "dygraph")]
-    medians = time_in_turns(backends, name, model_dir, args, argv)
+    backends = chosen_backends(args)
+    medians, engines = time_in_turns(backends, name, model_dir, args, argv)
     for batch in args.batch_sizes:
         row[f"floor_b{batch}_ms"] = 2 * macs * batch / (gflops * 1e9) * 1000
+        if batch in engines:
+            row[f"default_b{batch}_engine"] = engines[batch]
         for backend in backends:
             ms = medians[backend][batch]
             row[f"{backend}_b{batch}_ms"] = ms
@@ -188,47 +224,84 @@ def measure_variant(name, args, argv, work_dir, gflops):
     return row
 
 
-def write_outputs(rows, args, header_note):
+def chosen_backends(args):
+    from ppcls.inference import BF16_CPU_FLAGS
+    from ppcls.utils.threads import cpu_info
+
+    backends = [b for b in (args.backends or BACKENDS) if not (args.no_dygraph and b == "dygraph")]
+    if not set(BF16_CPU_FLAGS) & cpu_info()[1]:
+        backends = [b for b in backends if b not in BF16_BACKENDS]
+    return [b for b in BACKENDS if b in backends]
+
+
+def forget_engine_decisions(model_dir, args):
+    """A fresh export, a fresh choice: the default's decisions for this model are dropped so
+    that this run times the engines (random weights may repeat from run to run)."""
+    from ppcls.engine_choice import decision_path, engine_candidates
+    from ppcls.inference import DEPLOY_DEFAULTS
+
+    for batch in args.batch_sizes:
+        g = {**DEPLOY_DEFAULTS, "inference_model_dir": model_dir, "cpu_num_threads": args.threads,
+             "batch_size": batch}
+        path = decision_path(g, engine_candidates(g, model_dir))
+        if path and os.path.exists(path):
+            os.remove(path)
+
+
+ORDER = ["default", "paddle", "paddle_onednn", "onnxruntime", "paddle_bf16", "paddle_onednn_bf16",
+         "dygraph", "floor"]
+NOTE = ("default: the predictor's deploy defaults (Global.engine: auto, which timed the engines at "
+        "its first start and kept the fastest: the engine column); paddle: Paddle Inference's engine "
+        "by the keys (the OpenVINO engine bundled in Paddle); paddle_onednn: the same with "
+        "-o Global.use_openvino=False; onnxruntime: paddle2onnx's conversion in ONNX Runtime (all "
+        "graph optimisations); paddle_bf16: -o Global.use_bf16=True (OpenVINO in bfloat16); "
+        "paddle_onednn_bf16: -o Global.use_fp16=True (oneDNN's bfloat16 kernels); floor: the "
+        "multiply-adds at this machine's peak float32 matrix-multiply rate (measured in the same "
+        "run). Published top-1: the highest figure in ppcls/arch/backbone/model_zoo/mnasnet/variants.py, "
+        "from its source (not measured here).")
+
+
+def write_outputs(rows, args, header_note, precision_table=None):
     from ppcls.arch.backbone.model_zoo.mnasnet.variants import best_published_top1
 
     for row in rows:
         row["published_top1"], row["top1_source"] = best_published_top1(row["model"])
     os.makedirs(args.out_dir, exist_ok=True)
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     with open(os.path.join(args.out_dir, "benchmark.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    backends = [k[:-6] for k in keys if k.endswith(f"_b{args.batch_sizes[0]}_ms")]
-    order = ["paddle", "paddle_onednn", "onnxruntime", "dygraph", "floor"]
-    backends = sorted({b.rsplit("_b", 1)[0] for b in backends}, key=order.index)
+    backends = sorted({k[:-len(f"_b{args.batch_sizes[0]}_ms")] for k in keys
+                       if k.endswith(f"_b{args.batch_sizes[0]}_ms")}, key=ORDER.index)
+    lead = "default" if "default" in backends else "paddle"
+    ratios = [b for b in ("default", "paddle") if b in backends and "onnxruntime" in backends]
     columns = ["model", "params (M)", f"MACs @{args.size} (M)", "published top-1"]
     for batch in args.batch_sizes:
         columns += [f"{b} b{batch} (ms)" for b in backends]
-        columns += [f"paddle / onnxruntime b{batch}", f"paddle b{batch} (img/s)"]
+        columns += ([f"default engine b{batch}"] if "default" in backends else [])
+        columns += [f"{b} / onnxruntime b{batch}" for b in ratios] + [f"{lead} b{batch} (img/s)"]
     lines = [header_note, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [row["model"], f"{row['params_M']:.2f}", f"{row['MACs_M']:.1f}",
                  f"{row['published_top1']}" if row["published_top1"] else "-"]
         for batch in args.batch_sizes:
             cells += [f"{row[f'{b}_b{batch}_ms']:.2f}" for b in backends]
-            cells += [f"{row[f'paddle_b{batch}_ms'] / row[f'onnxruntime_b{batch}_ms']:.2f}x",
-                      f"{row[f'paddle_b{batch}_img_s']:.1f}"]
+            cells += [row[f"default_b{batch}_engine"]] if "default" in backends else []
+            cells += [f"{row[f'{b}_b{batch}_ms'] / row[f'onnxruntime_b{batch}_ms']:.2f}x" for b in ratios]
+            cells += [f"{row[f'{lead}_b{batch}_img_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "paddle: Paddle Inference as deploy/python/predict_cls.py runs it (the OpenVINO "
-              "engine bundled in Paddle); paddle_onednn: the same with -o Global.use_openvino=False; "
-              "onnxruntime: paddle2onnx's conversion in ONNX Runtime (all graph optimisations); "
-              "floor: the multiply-adds at this machine's peak float32 matrix-multiply rate "
-              "(measured in the same run). Published top-1: the highest figure in "
-              "ppcls/arch/backbone/model_zoo/mnasnet/variants.py, from its source (not measured here)."]
+    lines += ["", NOTE]
+    if precision_table:
+        lines += ["", precision_table]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out_dir, "benchmark.md"), "w") as f:
         f.write(table)
-    plot(rows, args)
+    plot(rows, args, lead)
     return table
 
 
-def plot(rows, args):
+def plot(rows, args, lead="paddle"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,12 +312,13 @@ def plot(rows, args):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for family, marker in (("B1", "o"), ("A1", "s"), ("small", "^")):
         chosen = [r for r in points if f"_{family}" in r["model"]]
-        ax.scatter([r[f"paddle_b{batch}_ms"] for r in chosen], [r["published_top1"] for r in chosen],
+        ax.scatter([r[f"{lead}_b{batch}_ms"] for r in chosen], [r["published_top1"] for r in chosen],
                    marker=marker, label=f"MnasNet-{family}")
         for r in chosen:
-            ax.annotate(r["model"].replace("MnasNet_", ""), (r[f"paddle_b{batch}_ms"], r["published_top1"]),
+            ax.annotate(r["model"].replace("MnasNet_", ""), (r[f"{lead}_b{batch}_ms"], r["published_top1"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"Paddle Inference latency, batch {batch}, {args.size}px, {args.threads} threads (ms, measured)")
+    ax.set_xlabel(f"deployed predictor latency ({lead}), batch {batch}, {args.size}px, {args.threads} threads "
+                  "(ms, measured)")
     ax.set_ylabel("ImageNet top-1 (%, published by the sources)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -279,6 +353,7 @@ def main(argv=None):
         for name in args.names:
             rows.append(measure_variant(name, args, argv, work_dir, gflops))
             print(f"measured {name}", flush=True)
+    precision_table = precision_top1(args, rows) if args.top1_model else None
     note = (f"`python tools/benchmark.py {' '.join(argv)}` on "
             f"{os.cpu_count()} CPU cores ({platform.machine()}, {cpu_name()}), "
             f"{args.threads} threads, paddlepaddle {paddle.__version__}; each backend in its own "
@@ -286,8 +361,55 @@ def main(argv=None):
             f"per process after {args.warmup} warm-up runs, median of all runs; random weights, "
             f"input {args.size}x{args.size}; peak float32 "
             f"matrix multiply {gflops:.0f} GFLOP/s.")
-    print(write_outputs(rows, args, note))
+    print(write_outputs(rows, args, note, precision_table))
     return 0
+
+
+PRECISIONS = [("fp32", "default", []),
+              ("bf16, OpenVINO", "paddle_bf16", ["Global.use_bf16=True"]),
+              ("bf16, oneDNN", "paddle_onednn_bf16", ["Global.use_fp16=True", "Global.use_openvino=False"])]
+
+
+def precision_top1(args, rows):
+    """A Markdown table: the top-1 of --top1_model over --top1_list in each precision (each run
+    by deploy/python/predict_cls.py in a process of its own), beside the latency of the
+    precision in this run's table (B1 x1.0 when it was measured)."""
+    import json
+    import subprocess
+
+    from tools.top1_of_predictions import top1
+
+    if not (args.top1_images and args.top1_list):
+        raise SystemExit("error: --top1_model needs --top1_images and --top1_list")
+    row = next((r for r in rows if r["model"] == "MnasNet_B1_x1_0"), rows[0] if rows else None)
+    lines = ["| precision | deploy keys | top-1 (%) | change (points) | "
+             + " | ".join(f"{row['model'] if row else '-'} b{b} (ms)" for b in args.batch_sizes) + " |",
+             "|" + "---|" * (4 + len(args.batch_sizes))]
+    first = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, backend, keys in PRECISIONS:
+            if backend not in chosen_backends(args) and backend != "default":
+                continue
+            out = os.path.join(tmp, f"{backend}.json")
+            command = [sys.executable, os.path.join(ROOT, "deploy", "python", "predict_cls.py"), "-c",
+                       os.path.join(ROOT, "deploy", "configs", "inference_cls.yaml"),
+                       "-o", f"Global.inference_model_dir={args.top1_model}",
+                       "-o", f"Global.infer_imgs={args.top1_images}", "-o", f"Global.save_path={out}",
+                       "-o", "Global.batch_size=16", "-o", f"Global.cpu_num_threads={args.threads}"]
+            for key in keys:
+                command += ["-o", key]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"error: {name} on {args.top1_model} failed: {done.stderr.strip()[-500:]}")
+            with open(out, encoding="utf-8") as f:
+                value = top1(json.load(f), args.top1_list) * 100
+            first = value if first is None else first
+            ms = [f"{row[f'{backend}_b{b}_ms']:.2f}" if row and f"{backend}_b{b}_ms" in row else "-"
+                  for b in args.batch_sizes]
+            lines.append(f"| {name} | {' '.join(keys) or '(defaults)'} | {value:.2f} | "
+                         f"{value - first:+.2f} | " + " | ".join(ms) + " |")
+    return (f"Top-1 of {args.top1_model} over {args.top1_list} ({args.top1_images}) in each precision, "
+            "beside this run's latency:\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

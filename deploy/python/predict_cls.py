@@ -15,18 +15,17 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 import numpy as np  # noqa: E402
 
-from ppcls.data.postprocess import build_postprocess  # noqa: E402
-from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, Preprocessor, backend_of,  # noqa: E402,F401
-                             list_images, predict_files, print_results, read_deploy_config,
-                             running_precision, save_results)
+from ppcls.inference import (DEPLOY_DEFAULTS, RUNNERS, list_images, print_results,  # noqa: E402,F401
+                             read_deploy_config, save_results)  # (DEPLOY_DEFAULTS, RUNNERS: read here by tests)
+from ppcls.predictor import Predictor  # noqa: E402
 from ppcls.utils import logger  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
 from ppcls.utils.config import parse_args  # noqa: E402
 
 
-def load_config(path, overrides):
+def load_config(path, overrides, required=("infer_imgs", "inference_model_dir")):
     """The deploy config, typed and completed from the model's inference.yml (ppcls.inference)."""
-    return read_deploy_config(path, overrides)
+    return read_deploy_config(path, overrides, required)
 
 
 def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, repeats=20):
@@ -51,13 +50,9 @@ def benchmark(files, preprocess, run_batch, postprocess, batch_size, warmup=5, r
 def main(args):
     config = load_config(args.config, args.override)
     g = config["Global"]
-    backend = backend_of(g)
-    run_batch = RUNNERS[backend](g)
-    preprocess = Preprocessor((config.get("PreProcess") or {}).get("transform_ops"),
-                              "PreProcess.transform_ops", run_batch.input_shape)
-    postprocess = build_postprocess(config.get("PostProcess"), "PostProcess")
+    predictor = Predictor(config=config)
     files = list_images(g["infer_imgs"])
-    results = predict_files(files, preprocess, run_batch, postprocess, g["batch_size"])
+    results = predictor.predict(files)
     print_results(results)
     if g["save_path"]:
         save_results(results, g["save_path"])
@@ -65,12 +60,13 @@ def main(args):
     if (g["benchmark"] or g["enable_benchmark"]) and not readable:
         logger.warning("benchmark: no image could be predicted, so nothing was timed")
     elif g["benchmark"] or g["enable_benchmark"]:
-        ms = benchmark(readable, preprocess, run_batch, postprocess, g["batch_size"])
+        ms = benchmark(readable, predictor.preprocessor, predictor.runner, predictor.postprocessor,
+                       g["batch_size"])
         where = "GPU" if g["use_gpu"] else f"{g['cpu_num_threads']} threads"
-        line = (f"benchmark ({backend}, {running_precision(g)}, batch {g['batch_size']}, "
+        line = (f"benchmark ({predictor.backend}, {predictor.precision}, batch {g['batch_size']}, "
                 f"{where}): preprocess {ms['preprocess']:.3f} ms, "
                 f"inference {ms['inference']:.3f} ms, postprocess {ms['postprocess']:.3f} ms per image "
-                "(median of 20 runs after 5 warm-up runs)")
+                f"(median of 20 runs after 5 warm-up runs; engine {predictor.engine})")
         print(line)
         if g["save_log_path"]:
             os.makedirs(os.path.dirname(os.path.abspath(g["save_log_path"])), exist_ok=True)

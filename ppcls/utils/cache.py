@@ -5,6 +5,8 @@
         weights        downloaded weights (ppcls/weights/download.py)
         ops            compiled custom operators (ppcls/ops/depthwise_conv)
         openvino       OpenVINO's compiled models (the predictor, ppcls/inference.py)
+        engines        which engine `Global.engine: auto` found fastest, per model and
+                       settings (ppcls/engine_choice.py); small JSON files
 
 Nothing here creates a folder: each user creates its own, as it needs it.
 """
@@ -12,7 +14,7 @@ Nothing here creates a folder: each user creates its own, as it needs it.
 import os
 from pathlib import Path
 
-KINDS = ("weights", "ops", "openvino")
+KINDS = ("weights", "ops", "openvino", "engines")
 
 
 def cache_root():

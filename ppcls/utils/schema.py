@@ -116,7 +116,11 @@ DEPLOY_GLOBAL = {
     "infer_imgs": Key(PATHS, items=str),
     "inference_model_dir": Key((str, NoneType)),
     "batch_size": Key((int,), 1, least=1, most=MAX_BATCH),
-    "backend": Key((str,), "paddle"),
+    # auto (the fastest engine allowed), paddle or onnxruntime; Global.engine names one engine
+    # (values checked with the other engine keys by ppcls/engine_choice.py)
+    "backend": Key((str,), "auto"),
+    "engine": Key((str,), "auto"),
+    "use_bf16": Key((bool,), False),  # ours: OpenVINO's bfloat16 on CPUs that have it
     "use_gpu": Key((bool,), False),
     "enable_mkldnn": Key((bool,), True),
     "use_openvino": Key((bool,), True),
