@@ -276,6 +276,21 @@ def test_weights_without_a_config_ask_for_arch_name_in_one_line(weights_without_
     assert weights_without_config in line and "-o Arch.name=" in line and "-c" in line
 
 
+def test_a_fine_tuned_checkpoint_needs_not_the_weights_it_started_from(digits, tmp_path,
+                                                                     capsys):
+    """Fine-tuned from published weights (Arch.pretrained: a file here; a download
+    elsewhere): its checkpoint, evaluated without -c, is all that is read, so the starting
+    weights are neither fetched again nor needed (failed before: "weights file not found"
+    for the deleted start.pth)."""
+    start = torchvision_pth(tmp_path / "start.pth")
+    run = train(digits, tmp_path / "run", extra=[f"Arch.pretrained={start}"])
+    os.remove(start)
+    code, out, err = tool("eval", o(f"Global.pretrained_model={run['best']}"), capsys)
+    assert code == 0, err
+    line = eval_line(out)
+    assert counted(line)[0] / counted(line)[1] == read_states(run["best"])["metric"]
+
+
 def test_published_weights_with_arch_name_predict_and_export_as_infer_yaml_does(tmp_path,
                                                                               capsys):
     """Without -c and a config in the weights, -o Arch.name picks the model and infer.yaml

@@ -145,7 +145,6 @@ def resolve_class_num(config):
     return class_num
 
 
-
 def parse_args(argv=None, description=None, config_from=None):
     """-c CONFIG, -o overrides, --debug. `config_from`: the Global key (pretrained_model,
     checkpoints) naming a checkpoint whose stored config stands in for -c (`tool_config`);
@@ -187,7 +186,8 @@ def tool_config(args, default=None):
     if found is not None:
         text, source = found
         logger.info("config: the one stored in %s (-c CONFIG would replace it)", source)
-        return resolve(_read_stored(text, source), source, args.override)
+        return resolve(without_starting_weights(_read_stored(text, source)), source,
+                       args.override)
     if default is None:
         raise ConfigError(f"{location} carries no config (it is not a checkpoint saved by "
                           "tools/train.py, or one saved before checkpoints kept theirs): "
@@ -203,6 +203,19 @@ def tool_config(args, default=None):
     logger.info("config: %s for Arch.name %s (%s carries none; -c CONFIG would replace it)",
                 os.path.relpath(path, REPOSITORY), arch, location)
     return get_config(path, args.override)
+
+
+def without_starting_weights(document):
+    """A stored config without the weights its training started from (Arch.pretrained,
+    Global.pretrained_model): the checkpoint holds every weight and its topology, so
+    fetching them again would be wasted, and fails offline or where the file is gone. The
+    -o overrides, applied after, may set them again."""
+    if isinstance(document, dict):
+        if isinstance(document.get("Arch"), dict) and document["Arch"].get("pretrained"):
+            document["Arch"]["pretrained"] = False
+        if isinstance(document.get("Global"), dict):
+            document["Global"]["pretrained_model"] = None
+    return document
 
 
 def _read_stored(text, source):
