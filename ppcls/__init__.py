@@ -14,13 +14,16 @@ from ppcls.utils.threads import apply_cpu_defaults
 apply_cpu_defaults()
 quiet_paddle_console()
 
-# The Python API (ppcls/api.py), imported on first use so that `import ppcls` stays cheap.
-_API_NAMES = ("list_models", "create_model")
+# The Python API and where each name lives, imported on first use so that `import ppcls`
+# stays cheap (the predictor's module imports Paddle).
+_API = {"list_models": "ppcls.api", "create_model": "ppcls.api",
+        "Predictor": "ppcls.predictor"}
+__all__ = list(_API)
 
 
 def __getattr__(name):
-    if name in _API_NAMES:
-        from ppcls import api
+    if name in _API:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

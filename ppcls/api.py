@@ -1,4 +1,5 @@
-"""ppcls's Python API, offered as `ppcls.list_models` and `ppcls.create_model`.
+"""ppcls's Python API for models, offered as `ppcls.list_models` and `ppcls.create_model`
+(`ppcls.Predictor`, over an exported model, is ppcls/predictor.py's).
 
     import ppcls
     ppcls.list_models("MnasNet_A1*")                 # names create_model takes

@@ -4,6 +4,7 @@ its data files, the depthwise kernel built from site-packages). Installed with -
 beside this interpreter's own packages (Paddle and the rest), which is what a venv with the
 dependencies gives, without copying them."""
 
+import json
 import os
 import re
 import shutil
@@ -14,9 +15,10 @@ import tomllib
 from importlib.metadata import PathDistribution
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import QUICK_START, ROOT
 
 PACKAGE_FILES = ("ppcls", "pyproject.toml", "README.md")  # what pip's build reads
 
@@ -110,6 +112,35 @@ def test_the_installed_package_has_its_data_and_declares_its_dependencies(instal
     assert 'paddlepaddle==3.3.1; extra == "cpu"' in dist.requires
     assert {re.split(r"[<>=;]", r)[0] for r in dist.requires if "extra ==" not in r} == {
         "numpy", "PyYAML", "opencv-python-headless", "Pillow", "safetensors"}
+
+
+def test_the_installed_predictor_answers_as_the_repository_one(installed, digits, tmp_path):
+    """`ppcls.Predictor` over an export, from another folder: the CLI's result dicts, for a
+    path and for decoded pixels, as the repository's predictor gives them."""
+    import cv2
+
+    from ppcls.export.inference_model import export_inference_model
+    from ppcls.predictor import Predictor
+    from ppcls.utils.config import get_config
+
+    config = get_config(QUICK_START, [f"Infer.PostProcess.class_id_map_file={digits}/label_list.txt"])
+    model_dir = str(tmp_path / "inference")
+    export_inference_model(config, model_dir)
+    image = str(digits / (digits / "val_odd.txt").read_text().split()[0])
+    expected = Predictor(model_dir, engine="openvino").predict(
+        [image, np.ascontiguousarray(cv2.imread(image)[:, :, ::-1])])
+    out = run_elsewhere(installed, f"""
+        import json
+        import cv2, numpy as np
+        import ppcls
+        predictor = ppcls.Predictor({model_dir!r}, engine="openvino")
+        rgb = np.ascontiguousarray(cv2.imread({image!r})[:, :, ::-1])
+        print("RESULTS", json.dumps(predictor.predict([{image!r}, rgb])))
+        """, tmp_path)
+    got = json.loads(out.split("RESULTS ", 1)[1])
+    assert got == json.loads(json.dumps(expected))
+    assert got[0]["file_name"] == image and "file_name" not in got[1]
+    assert got[0]["label_names"][0].startswith("digit")
 
 
 def test_pip_installs_from_a_git_url(tmp_path):

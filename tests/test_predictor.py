@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import QUICK_START
-from ppcls.engine_choice import build_runner, engine_candidates
+from ppcls.engine_choice import build_runner, engine_candidates, pick
 from ppcls.export.inference_model import export_inference_model
 from ppcls.inference import DEPLOY_DEFAULTS
 from ppcls.predictor import Predictor
@@ -182,7 +182,10 @@ def test_auto_times_each_engine_once_and_keeps_the_fastest(model, cache, caplog)
     assert said.startswith(f"engine auto: {engine} (per batch of 1 on 2 threads: ")
     figures = {name: float(ms) for name, ms in
                __import__("re").findall(r"(openvino|onednn|onnxruntime) ([\d.]+) ms", said)}
-    assert set(figures) == {"openvino", "onednn", "onnxruntime"} and min(figures, key=figures.get) == engine
+    assert set(figures) == {"openvino", "onednn", "onnxruntime"}
+    fastest = min(figures, key=figures.get)
+    assert engine == fastest or (engine == "onnxruntime"
+                                 and figures["onnxruntime"] * 0.95 <= figures[fastest])
     [kept] = decisions(cache)
     assert json.loads(kept.read_text())["engine"] == engine
     caplog.clear()
@@ -191,6 +194,17 @@ def test_auto_times_each_engine_once_and_keeps_the_fastest(model, cache, caplog)
     assert again == engine and "decided before, kept in" in caplog.text
     build_runner({**g, "batch_size": 4})  # another batch size is another decision
     assert len(decisions(cache)) == 2
+
+
+@pytest.mark.parametrize("ms, kept", [
+    ({"openvino": 1.00, "onednn": 3.0, "onnxruntime": 1.04}, "onnxruntime"),  # a near tie
+    ({"openvino": 0.90, "onednn": 3.0, "onnxruntime": 1.00}, "openvino"),  # clearly faster
+    ({"openvino": 1.00, "onednn": 0.80}, "onednn"),  # no ONNX Runtime: the fastest
+])
+def test_auto_keeps_onnx_runtime_unless_another_engine_is_clearly_faster(ms, kept):
+    """Timings differ by several per cent between runs: a near tie goes to ONNX Runtime,
+    which the benchmark found fastest or within 5% of it for every variant."""
+    assert pick(ms) == kept
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"engine": "tensorrt", "ms": {},

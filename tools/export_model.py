@@ -3,6 +3,10 @@ as inference.onnx for ONNX Runtime.
 
     python tools/export_model.py -c CONFIG -o Global.pretrained_model=output/.../best_model \
         -o Global.save_inference_dir=./inference
+    python tools/export_model.py -o Global.pretrained_model=output/.../best_model
+
+Without -c, the config is the one the checkpoint's training stored in it; for weights that
+carry none, -o Arch.name=<model> uses infer.yaml (ImageNet's transforms and labels).
 """
 
 import os
@@ -15,11 +19,16 @@ import paddle  # noqa: E402
 from ppcls.export.inference_model import export_inference_model  # noqa: E402
 from ppcls.export.model_files import ONNX_FILE  # noqa: E402
 from ppcls.utils.cli import run  # noqa: E402
-from ppcls.utils.config import get_config, parse_args  # noqa: E402
+from ppcls.utils.config import PREDICTION_CONFIG, parse_args, tool_config  # noqa: E402
+
+
+def arguments(argv=None):
+    return parse_args(argv, description="export an inference model",
+                      config_from="pretrained_model")
 
 
 def main(args):
-    config = get_config(args.config, args.override)
+    config = tool_config(args, default=PREDICTION_CONFIG)
     paddle.set_device("cpu")  # exporting needs no accelerator
     model_file, params_file = export_inference_model(config, config["Global"]["save_inference_dir"])
     onnx = os.path.join(os.path.dirname(model_file), ONNX_FILE)
@@ -27,4 +36,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, parse_args(description="export an inference model")))
+    sys.exit(run(main, arguments()))

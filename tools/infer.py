@@ -2,6 +2,10 @@
 
     python tools/infer.py -c CONFIG -o Infer.infer_imgs=demo/ -o Global.pretrained_model=... \
         [-o Infer.save_path=results.json]
+    python tools/infer.py -o Global.pretrained_model=output/.../best_model -o Infer.infer_imgs=...
+
+Without -c, the config is the one the checkpoint's training stored in it; for weights that
+carry none, -o Arch.name=<model> uses infer.yaml (ImageNet's transforms and labels).
 """
 
 import os
@@ -16,16 +20,21 @@ from ppcls.export.inference_model import InferenceModel, build_inference_network
 from ppcls.inference import (ModelRunner, Preprocessor, list_images, predict_files,  # noqa: E402
                              print_results, save_results)
 from ppcls.utils.cli import run  # noqa: E402
-from ppcls.utils.config import get_config, parse_args  # noqa: E402
+from ppcls.utils.config import PREDICTION_CONFIG, parse_args, tool_config  # noqa: E402
 from ppcls.utils.errors import ConfigError  # noqa: E402
 
 
+def arguments(argv=None):
+    return parse_args(argv, description="predict images", config_from="pretrained_model")
+
+
 def main(args):
-    config = get_config(args.config, args.override)
+    config = tool_config(args, default=PREDICTION_CONFIG)
     infer = config.get("Infer")
     if not infer:
-        raise ConfigError(f"{args.config} has no Infer section: add PaddleClas's (infer_imgs, "
-                          "batch_size, transforms, PostProcess), e.g. copy it from infer.yaml")
+        raise ConfigError(f"{args.config or 'the stored config'} has no Infer section: add "
+                          "PaddleClas's (infer_imgs, batch_size, transforms, PostProcess), e.g. "
+                          "copy it from infer.yaml")
     if not infer.get("infer_imgs"):
         raise ConfigError("Infer.infer_imgs is not set: give an image or a folder, "
                           "e.g. -o Infer.infer_imgs=demo/")
@@ -52,4 +61,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, parse_args(description="predict images")))
+    sys.exit(run(main, arguments()))

@@ -10,7 +10,8 @@ reader) are ppcls/weights/checkpoint.py's.
 
 `latest` is written at every epoch end, every Global.save_latest_steps iterations and when
 a stop signal ends training; `best_model` at every better evaluation; `epoch_N` every
-Global.save_interval epochs, the newest Global.keep_checkpoint_max of them kept.
+Global.save_interval epochs, the newest Global.keep_checkpoint_max of them kept. Each keeps
+the run's resolved config in its .pdstates, and `write_run_config` puts it beside them.
 """
 
 import dataclasses
@@ -25,6 +26,14 @@ from ppcls.utils import logger
 from ppcls.utils.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from ppcls.weights import (find_checkpoint, previous_prefix, read_states, remove_checkpoint,
                            resume_checkpoint, save_checkpoint)
+
+# PaddleClas's name for a run's config in its output folder (its train_results.json lists it)
+RUN_CONFIG = "config.yaml"
+_RUN_CONFIG_HEADER = (
+    "# The resolved config (defaults filled in, overrides applied) of the training run that\n"
+    "# writes the checkpoints in this folder. Each checkpoint's .pdstates keeps it too:\n"
+    "# tools/eval.py, infer.py and export_model.py given -o Global.pretrained_model=<checkpoint>\n"
+    "# and no -c use it.\n")
 
 
 @dataclasses.dataclass
@@ -120,6 +129,24 @@ class Checkpoints:
         return TrainingInterrupted(
             f"received {signal.Signals(signum).name}: saved {latest} at epoch {stop.epoch}, "
             f"iteration {stop.iteration}; resume with -o Global.checkpoints={latest}", signum)
+
+
+def write_run_config(output_dir, text):
+    """<output_dir>/config.yaml, the run's resolved config (UTF-8), for people and for -c.
+    Replaced whole (written aside, then renamed over the old one): a reader never sees half."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    staged = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(staged, "w", encoding="utf-8") as f:
+            f.write(_RUN_CONFIG_HEADER + text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staged, path)
+    except OSError as err:
+        if os.path.exists(staged):
+            os.remove(staged)
+        raise ConfigError(f"cannot write {path} ({err.strerror}): set Global.output_dir to a "
+                          "folder you can write to, with room") from None
 
 
 def data_plan(sampler, world_size):

@@ -37,7 +37,8 @@ from ppcls.data import build_dataloader
 from ppcls.engine import replicas
 from ppcls.engine.amp import (amp_settings, autocast, keep_float32_masters, level_of,
                               master_weight_params)
-from ppcls.engine.checkpoints import Checkpoints, Progress, data_plan, find_resume
+from ppcls.engine.checkpoints import (Checkpoints, Progress, data_plan, find_resume,
+                                      write_run_config)
 from ppcls.engine.ema import ModelEMA
 from ppcls.engine.evaluation import build_evaluation
 from ppcls.engine.peer_watchdog import PeerWatchdog
@@ -50,9 +51,9 @@ from ppcls.metric import build_metrics
 from ppcls.ops import depthwise_conv
 from ppcls.optimizer import build_optimizer
 from ppcls.utils import logger
-from ppcls.utils.config import class_num_of
+from ppcls.utils.config import class_num_of, stored_config_text
 from ppcls.utils.errors import ConfigError
-from ppcls.weights import Download, is_url, load_into
+from ppcls.weights import CONFIG_KEY, Download, is_url, load_into
 
 
 # A multi-process run agrees on stopping (and a NaN loss) at least every CHECK_EVERY
@@ -71,6 +72,8 @@ class Engine:
         self.config, self.mode, self.g = config, mode, config["Global"]
         self.arch_name = config["Arch"]["name"]
         self.output_dir = os.path.join(self.g["output_dir"], self.arch_name)
+        # kept with the checkpoints: the config as resolved, before anything is built from it
+        self.config_text = stored_config_text(config) if mode == "train" else None
         self.world_size, self.rank = replicas.start_processes(self.g["device"])
         self.run_lock = replicas.done_by_one(
             self._claim_output_dir, self.rank == 0, self.world_size, ConfigError(
@@ -110,9 +113,14 @@ class Engine:
     # ----------------------------------------------------------------- setup
     def _claim_output_dir(self):
         """Rank 0 writes the output directory: it creates it and, to train, locks it for
-        this run (run_lock.py)."""
+        this run (run_lock.py) and writes the run's config.yaml there."""
         make_output_dir(self.output_dir, self.g["output_dir"])
-        return RunLock.acquire(self.output_dir) if self.mode == "train" else None
+        if self.mode != "train":
+            return None
+        lock = RunLock.acquire(self.output_dir)
+        if self.config_text is not None:
+            write_run_config(self.output_dir, self.config_text)
+        return lock
 
     def _setup_training(self):
         self.train_loader = build_dataloader(self.config, "Train", self.seed, self.class_num)
@@ -328,6 +336,7 @@ class Engine:
                 # the optimizer state's layout depends on them (see amp.py)
                 "amp_level": level_of(self.amp),
                 "master_weights": bool(master_weight_params(self.model, self.amp)),
+                **({CONFIG_KEY: self.config_text} if self.config_text is not None else {}),
                 **self.model.checkpoint_record()}  # e.g. the topology the weights need
 
     def _replicated_models(self):

@@ -1,6 +1,7 @@
 """Reading YAML (a config, a deploy config, an inference.yml) and PaddleClas's `-o
 Key.sub.0.leaf=value` overrides: bounded, and every problem one ConfigError naming the file
-or the override. What the values must be is ppcls/utils/schema.py's business."""
+or the override; and writing a config back (`dump_yaml`) so that it reads back the same.
+What the values must be is ppcls/utils/schema.py's business."""
 
 import os
 import re
@@ -28,11 +29,25 @@ class _Loader(yaml.SafeLoader):
         return super().construct_yaml_int(node)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+class _Dumper(yaml.SafeDumper):
+    """Writes what _Loader reads back unchanged: a string _Loader would read as a number
+    (`1e5`) is quoted, as PyYAML quotes one its own loader would read as a number. Lists of
+    plain values on one line (`[3, 224, 224]`), everything else in blocks, as configs are
+    written."""
+
+    def represent_list(self, data):
+        flat = not any(isinstance(item, (dict, list)) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+# `1e-3` without a dot, which YAML 1.1 leaves a string
+_EXPONENT_FLOAT = ("tag:yaml.org,2002:float",
+                   re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                   list("-+0123456789"))
+_Loader.add_implicit_resolver(*_EXPONENT_FLOAT)
+_Dumper.add_implicit_resolver(*_EXPONENT_FLOAT)
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Dumper.add_representer(list, _Dumper.represent_list)
 
 
 class YamlProblem(ConfigError):
@@ -84,6 +99,13 @@ def _one_line(err):
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     problem = " ".join(str(getattr(err, "problem", None) or err).split())
     return where + (problem if len(problem) <= 160 else problem[:160] + "...")
+
+
+def dump_yaml(document):
+    """`document` (plain values: what yaml_load returns) as YAML text that yaml_load reads
+    back equal: key order kept, non-ASCII text as it is (write it as UTF-8)."""
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False)
 
 
 def load_yaml(path):

@@ -4,7 +4,8 @@
                     arrays; the one content sniffer, shared with download.py
     loading.py      load_into(model, location): read, adapt (the model's hook), check, load
     checkpoint.py   training checkpoints: the file layout, its SHA-256 manifest, the
-                    crash-safe save, finding and resuming the newest complete one
+                    crash-safe save, finding and resuming the newest complete one, the
+                    run's config kept in them
     download.py     fetch a URL into the cache: size- and time-bounded, content and
                     SHA-256 checked, resumable
     paddle_pickle.py `paddle.save` files (.pdparams, .pdopt, .pdema, .pdstates) as numpy
@@ -25,8 +26,9 @@ particular network needs of its weights (other libraries' names for its tensors,
 they were trained without) is the model's own `adapt_state_dict` hook.
 """
 
-from ppcls.weights.checkpoint import (find_checkpoint, previous_prefix, read_states,
-                                      remove_checkpoint, resume_checkpoint, save_checkpoint)
+from ppcls.weights.checkpoint import (CONFIG_KEY, find_checkpoint, previous_prefix, read_states,
+                                      remove_checkpoint, resume_checkpoint, save_checkpoint,
+                                      stored_config)
 from ppcls.weights.download import Download, cache_dir, fetch
 from ppcls.weights.formats import (read_state_dict, read_weights, resolve_params_path,
                                    weights_format)

@@ -14,6 +14,10 @@ save stopped in step 3) it uses the `.previous` copy, which step 2 left complete
 Every part is written by paddle.save, as PaddleClas writes them (its tools read ours), and
 read back by paddle_pickle's allow-list reader: nothing in a checkpoint can run code. The
 `.pdstates` stays a paddle.save pickle for the same reason, rather than JSON.
+
+A training run's `.pdstates` also keeps the run's resolved config, as YAML text under
+CONFIG_KEY (`stored_config`): the checkpoint's four files alone rebuild its model and data
+settings (ppcls.utils.config.tool_config).
 """
 
 import errno
@@ -28,10 +32,11 @@ from ppcls.utils import logger
 from ppcls.utils.errors import UnsafeFileError, WeightsError
 from ppcls.weights.formats import (MAX_STATES_BYTES, read_state_dict,  # noqa: F401
                                    read_states, resolve_params_path, strip_params_suffix)
-from ppcls.weights.loading import check_compatible
+from ppcls.weights.loading import check_compatible, is_url
 from ppcls.weights.paddle_pickle import read_paddle_file
 
 PARTS = (".pdparams", ".pdopt", ".pdema", ".pdstates")  # .pdstates, the manifest, last
+CONFIG_KEY = "config"  # of .pdstates: the training run's resolved config, as YAML text
 
 
 def _sha256(path):
@@ -170,6 +175,24 @@ def find_checkpoint(path):
                            "checkpoint (use Global.pretrained_model to load bare weights)")
     raise WeightsError(f"{prefix} is incomplete or corrupt (its files do not match "
                        f"{prefix}.pdstates) and no complete previous copy exists")
+
+
+def stored_config(location):
+    """(the config text, the .pdstates holding it) of the checkpoint at `location` (a prefix,
+    or one of its files); None for a URL, for weights without a .pdstates beside them and
+    for a checkpoint saved without its config. Weights that are not there, and a .pdstates
+    that cannot be read safely, are a WeightsError naming the file."""
+    location = str(location)
+    if is_url(location):
+        return None
+    prefix = next((location[: -len(ext)] for ext in PARTS if location.endswith(ext)), location)
+    path = prefix + ".pdstates"
+    if not os.path.isfile(path):
+        if not os.path.isfile(location):
+            resolve_params_path(location)  # raises "weights file not found" unless a prefix
+        return None
+    text = read_states(prefix).get(CONFIG_KEY)
+    return None if text is None else (text, path)
 
 
 def _rename_keys(state, renames):

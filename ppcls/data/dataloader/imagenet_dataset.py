@@ -23,12 +23,14 @@ POLICIES = ("fail", "skip")
 
 def read_label_list(cls_label_path, image_root, delimiter=" "):
     """Parse the list file into (paths, labels, line numbers); errors name file and line."""
+    # a config from another machine (e.g. one a checkpoint kept) names paths absent here
+    key = "DataLoader.*.dataset."
     if not os.path.isfile(cls_label_path):
-        raise ConfigError(f"label list not found: {cls_label_path} (DataLoader.*.dataset."
-                          "cls_label_path)")
+        raise ConfigError(f"label list not found: {cls_label_path} ({key}cls_label_path): "
+                          f"give yours with -o {key}cls_label_path=<list file>")
     if not os.path.isdir(image_root):
-        raise ConfigError(f"image_root is not a directory: {image_root} (DataLoader.*.dataset."
-                          "image_root)")
+        raise ConfigError(f"image_root is not a directory: {image_root} ({key}image_root): "
+                          f"give yours with -o {key}image_root=<folder>")
     paths, labels, line_numbers = [], [], []
     for line_no, line in read_lines(cls_label_path):
         line = line.strip()
