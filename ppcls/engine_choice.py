@@ -45,9 +45,9 @@ PADDLE_CPU_ENGINES = ("openvino", "onednn", "native")
 ROUNDS, RUNS, PAUSE_S = 4, 5, 0.25
 # ONNX Runtime, when it is a candidate, is kept unless another engine times more than
 # PREFER_MARGIN faster. On this repository's 2-core benchmark (log/benchmark/benchmark.md)
-# ONNX Runtime was the fastest engine or within 5% of it for every variant and batch size,
-# while the others ran up to 45% slower; and the same engine timed twice differs by several
-# per cent, so a near-tie decided by the timing alone would pick at random.
+# ONNX Runtime was the fastest engine or within 6% of it for every variant and batch size
+# but one, while OpenVINO ran up to 1.23x and oneDNN up to 3.6x its time; and the same engine
+# timed twice differs by several per cent, so a near tie decided by timing alone is random.
 PREFERRED, PREFER_MARGIN = "onnxruntime", 0.05
 DECISION_FILE_LIMIT = 64 * 1024  # bytes of a cached decision read back
 OPEN_SIZE = 224  # height and width timed for a model that leaves them open
