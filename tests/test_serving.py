@@ -363,7 +363,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(model, serve):
 
 def test_by_default_each_core_runs_a_predictor_of_one_thread(model, serve):
     """--workers auto (the default): on this 2-core machine, 2 predictors of 1 thread each
-    served 1.3x the images/s of 1 predictor of 2 threads at 8 clients (README, Serve). An
+    served 1.24x the images/s of 1 predictor of 2 threads at 8 clients (README, Serve). An
     explicit --workers, or Global.cpu_num_threads given with -o, is kept."""
     from ppcls.utils.threads import usable_cores
 

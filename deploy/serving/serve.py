@@ -76,8 +76,8 @@ def worker_count(args, g):
     """How many predictors serve at once. `auto` on a CPU: as many as fit the cores (at most
     AUTO_WORKERS_MAX), each with 1 thread unless -o Global.cpu_num_threads gives another
     count (then set in `g`). On the 2-core machine of the README, 2 predictors of 1 thread
-    served 1.3x the images/s of 1 of 2 threads at 8 and 32 clients: one image's operators
-    are too small to keep two threads busy, two images at once are not."""
+    served 1.24x the images/s of 1 of 2 threads at 8 clients and 1.30x at 32: one image's
+    operators are too small to keep two threads busy; two images at once are not."""
     if args.workers != "auto":
         try:
             return int(args.workers)
