@@ -337,6 +337,16 @@ def test_benchmark_tool_writes_table_csv_and_plot(tmp_path):
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
 
 
+def assert_int8_answers(results, int8):
+    """`results` are the INT8 program's answers `int8`: the same top 3 and scores within
+    0.05. oneDNN runs the program with and without use_int8's passes, whose kernels differ:
+    scores moved by up to 0.011 here, and the last of the top 5, scores near 0.002, once came
+    out in another order."""
+    assert [r["class_ids"][:3] for r in results] == [r["class_ids"][:3] for r in int8]
+    np.testing.assert_allclose([r["scores"] for r in results], [r["scores"] for r in int8],
+                               atol=0.05)
+
+
 def test_int8_models_mostly_agree_with_fp32(exported, tmp_path, monkeypatch, capsys):
     """deploy/slim/quant_post_static.py on the exported model: the Paddle INT8 model run with
     oneDNN INT8 kernels and the ONNX Runtime QDQ model predict what the FP32 model predicts."""
@@ -365,11 +375,11 @@ def test_int8_models_mostly_agree_with_fp32(exported, tmp_path, monkeypatch, cap
     import ppcls.inference
 
     from_default = run_predictor(exported, exported["images"], tmp_path / "d.json", model_dir=quant_dir)
-    assert [r["class_ids"] for r in from_default] == [r["class_ids"] for r in int8_paddle]
+    assert_int8_answers(from_default, int8_paddle)
     monkeypatch.setattr(ppcls.inference, "cpu_engine", lambda g, model_dir: "openvino")
     capsys.readouterr()
     after_failure = run_predictor(exported, exported["images"], tmp_path / "f.json", model_dir=quant_dir)
-    assert [r["class_ids"] for r in after_failure] == [r["class_ids"] for r in int8_paddle]
+    assert_int8_answers(after_failure, int8_paddle)
     said = capsys.readouterr().out
     assert "OpenVINO could not convert" in said and "running onednn" in said, said
     # told apart by their operators (a legacy program's op-version table names quantize ops in
