@@ -1,6 +1,7 @@
 import functools
 import os
 import re
+import shutil
 import struct
 import sys
 import threading
@@ -107,12 +108,27 @@ def server(tmp_path, monkeypatch):
                                 functools.partial(RangeHandler, directory=str(root)))
     httpd.plan, httpd.ranges, httpd.root = [], [], root
     httpd.url = lambda name: f"http://127.0.0.1:{httpd.server_port}/{name}"
+    yield from serving_in_thread(httpd)
+
+
+def serving_in_thread(httpd):
+    """A fixture's body for a real HTTP server on 127.0.0.1: served from a thread while the
+    test runs (`yield from serving_in_thread(httpd)`), then shut down and closed."""
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
     httpd.server_close()
     thread.join()
+
+
+def copy_listed_images(digits, lines, root):
+    """Copy the images that list `lines` ('relative/path label') name from `digits` to the
+    same relative paths under `root`."""
+    for line in lines:
+        target = root / line.split()[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(digits / line.split()[0], target)
 
 
 # ------------------------------------------------- a disk that fills up

@@ -4,7 +4,6 @@ line naming the file, key or value, and costs bounded memory and time."""
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import QUICK_START, ROOT, config_args, digits_overrides, write_png_bomb
+from conftest import (QUICK_START, ROOT, config_args, copy_listed_images, digits_overrides,
+                      write_png_bomb)
 from ppcls.data.dataloader import ImageNetDataset
 from ppcls.data.postprocess import read_class_id_map
 from ppcls.data.preprocess import build_transforms
@@ -101,10 +101,7 @@ def val_with_bomb(digits, tmp_path):
     """20 val images and, listed 6th, a PNG bomb."""
     root = tmp_path / "data"
     lines = (digits / "val_odd.txt").read_text().splitlines()[:20]
-    for line in lines:
-        dst = root / line.split()[0]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(digits / line.split()[0], dst)
+    copy_listed_images(digits, lines, root)
     write_png_bomb(root / "bomb.png")
     listed = tmp_path / "val.txt"
     listed.write_text("\n".join(lines[:5] + ["bomb.png 3"] + lines[5:]) + "\n")

@@ -4,7 +4,6 @@ lost that a checkpoint held."""
 import glob
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import QUICK_START, ROOT, config_args, digits_overrides
+from conftest import QUICK_START, ROOT, config_args, copy_listed_images, digits_overrides
 from ppcls.arch import build_model
 from ppcls.data import build_dataloader
 from ppcls.data.dataloader import ImageNetDataset
@@ -40,10 +39,7 @@ def bad_digits(digits, tmp_path):
     """A copy of 20 training images plus a corrupt, an empty and a missing file."""
     root = tmp_path / "data"
     lines = (digits / "train_small.txt").read_text().splitlines()[:20]
-    for line in lines:
-        dst = root / line.split()[0]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(digits / line.split()[0], dst)
+    copy_listed_images(digits, lines, root)
     (root / "corrupt.png").write_bytes(b"this is not an image")
     (root / "empty.png").write_bytes(b"")
     return root, lines

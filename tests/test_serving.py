@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT, write_png_bomb
+from conftest import ROOT, serving_in_thread, write_png_bomb
 
 sys.path.insert(0, os.path.join(ROOT, "deploy", "python"))
 sys.path.insert(0, os.path.join(ROOT, "deploy", "serving"))
@@ -245,11 +245,7 @@ def image_server(model):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), ImageAndRedirects)
     httpd.seen, httpd.image = [], model["requests"][0].read_bytes()
     httpd.url = lambda path: f"http://127.0.0.1:{httpd.server_port}{path}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serving_in_thread(httpd)
 
 
 def test_image_urls_when_enabled_reach_only_public_addresses(model, serve, image_server):

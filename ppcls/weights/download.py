@@ -301,7 +301,9 @@ def _shut(sock):
         pass  # already closed
 
 
-class _WatchedHTTP(urllib.request.HTTPHandler):
+class _Watched:
+    """Opens connections of the watchdog's class (mixed into urllib's http and https handlers)."""
+
     def __init__(self, watchdog):
         super().__init__()
         self.watchdog = watchdog
@@ -310,13 +312,12 @@ class _WatchedHTTP(urllib.request.HTTPHandler):
         return super().do_open(self.watchdog.connection_class(http_class), req, **kwargs)
 
 
-class _WatchedHTTPS(urllib.request.HTTPSHandler):
-    def __init__(self, watchdog):
-        super().__init__()
-        self.watchdog = watchdog
+class _WatchedHTTP(_Watched, urllib.request.HTTPHandler):
+    pass
 
-    def do_open(self, http_class, req, **kwargs):
-        return super().do_open(self.watchdog.connection_class(http_class), req, **kwargs)
+
+class _WatchedHTTPS(_Watched, urllib.request.HTTPSHandler):
+    pass
 
 
 class _RedirectPolicy(urllib.request.HTTPRedirectHandler):

@@ -1,6 +1,7 @@
 """Read what `paddle.save` wrote (`.pdparams`, `.pdopt`, `.pdema`, `.pdstates`, the weights
-PaddleClas and other Paddle projects publish) as `paddle.load(path, return_numpy=True)`
-returns it, without running code from the file: the one reader of every Paddle pickle here.
+PaddleClas and other Paddle projects publish) as the values Paddle's own loader returns with
+return_numpy=True, without running code from the file: the one reader of every Paddle pickle
+here.
 
 What paddle.save pickles (protocols 2 to 4; Paddle 2.x and 3.x, Python 3; Paddle 1.x's
 fluid.save the same way):
